@@ -1,0 +1,3 @@
+from clip4dm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from egtr.cli import main
+
+raise SystemExit(main())
