@@ -1,0 +1,99 @@
+"""HF transformers CLIP behind :class:`~vl_core.clip.ClipBackbone`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from vl_core.clip import ClipBackbone
+from vl_core.hub import hub_errors, is_offline
+from vl_core.tokens import ClipTokenizer
+
+_HINT = (
+    "Point at a local directory instead: `hf:/path/to/dir` (or the bare path) holding config.json, "
+    "model.safetensors and the tokenizer/preprocessor files, e.g. one written by "
+    "`CLIPModel.save_pretrained(dir)` + `CLIPProcessor.save_pretrained(dir)`"
+)
+
+
+class HFTokenizer(ClipTokenizer):
+    """Adapter over ``transformers.CLIPTokenizer`` (tokenizers backend)."""
+
+    def __init__(self, tokenizer: Any, context_length: int) -> None:
+        self._tok = tokenizer
+        vocab = tokenizer.get_vocab()
+        eot = int(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id
+        super().__init__(
+            context_length=context_length,
+            sot_id=int(tokenizer.bos_token_id),
+            eot_id=eot,
+            pad_id=int(pad) if pad is not None else eot,
+        )
+        self._id_to_token = {int(i): str(t) for t, i in vocab.items()}
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
+
+    def token_string(self, token_id: int) -> str:
+        return self._id_to_token[token_id]
+
+    def normalize(self, text: str) -> str:
+        normalizer = self._tok.backend_tokenizer.normalizer
+        return str(normalizer.normalize_str(text)) if normalizer is not None else text.lower()
+
+
+class HFClipBackbone(ClipBackbone):
+    """``transformers.CLIPModel`` with eager attention (sdpa returns no attention probabilities)."""
+
+    family = "hf"
+
+    def __init__(self, name: str, model: nn.Module, tokenizer: HFTokenizer, processor: Any,
+                 device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+        super().__init__(name, model, tokenizer, device, dtype)
+        self._processor = processor
+
+    @classmethod
+    def load(cls, source: str, device: torch.device, dtype: torch.dtype) -> HFClipBackbone:
+        """Load from a hub id or a local directory (eager attention forced)."""
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        local = Path(source).expanduser()
+        if local.exists() and not (local / "config.json").is_file():
+            raise FileNotFoundError(f"{local} has no config.json: not an HF CLIP model directory")
+        kwargs: dict[str, Any] = {"local_files_only": is_offline() or local.is_dir()}
+        where = str(local) if local.is_dir() else source
+        with hub_errors(source, _HINT):
+            model = CLIPModel.from_pretrained(where, attn_implementation="eager", **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+            processor = CLIPImageProcessor.from_pretrained(where, **kwargs)
+        context = int(cast(Any, model.config).text_config.max_position_embeddings)
+        return cls(source, model, HFTokenizer(tokenizer, context), processor, device, dtype)
+
+    @property
+    def _clip(self) -> Any:
+        return cast(Any, self.model)
+
+    @property
+    def text_layers(self) -> Sequence[nn.Module]:
+        return cast(Sequence[nn.Module], self._clip.text_model.encoder.layers)
+
+    def text_attention_name(self, layer: int) -> str:
+        return f"text_model.encoder.layers.{layer % self.num_text_layers}.self_attn"
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        batch = self._processor(images=list(images), return_tensors="pt")
+        return cast(Tensor, batch["pixel_values"]).to(self.device, self.dtype)
+
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        out = self._clip.vision_model(pixel_values=pixels.to(self.device, self.dtype))
+        return cast(Tensor, self._clip.visual_projection(out.pooler_output))
+
+    def encode_text(self, ids: Tensor) -> Tensor:
+        out = self._clip.text_model(input_ids=ids.to(self.device))
+        return cast(Tensor, self._clip.text_projection(out.pooler_output))

@@ -1,0 +1,87 @@
+"""One factory over a small registry of backbone families: ``hf:``, ``openclip:``, ``timm:``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from vl_core.clip import ClipBackbone
+from vl_core.devices import DeviceLike, DTypeLike, resolve_device, resolve_dtype
+from vl_core.timm_backbone import TimmBackbone, load_timm
+
+Backbone = ClipBackbone | TimmBackbone
+Loader = Callable[[str, torch.device, torch.dtype], Backbone]
+
+_REGISTRY: dict[str, Loader] = {}
+
+
+def register_backbone(prefix: str, loader: Loader) -> None:
+    """Make ``prefix:NAME`` resolve to ``loader(NAME, device, dtype)``."""
+    if not prefix.isidentifier():
+        raise ValueError(f"backbone prefix must be an identifier, got {prefix!r}")
+    _REGISTRY[prefix] = loader
+
+
+def available_families() -> list[str]:
+    """Registered prefixes, e.g. ``['hf', 'openclip', 'timm']``."""
+    return sorted(_REGISTRY)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``"hf:openai/clip"`` → ``("hf", "openai/clip")``; a bare local dir with config.json → hf."""
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _REGISTRY:
+        return prefix, rest
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf", name
+    if path.is_dir() and (path / "open_clip_config.json").is_file():
+        return "openclip", name
+    raise ValueError(
+        f"unknown model {name!r}: use one of {[p + ':...' for p in available_families()]} "
+        "or a local directory with an HF config.json"
+    )
+
+
+def load_backbone(
+    name: str, *, device: DeviceLike = "auto", dtype: DTypeLike | str = "auto"
+) -> Backbone:
+    """Load any registered backbone by ``family:name``."""
+    family, rest = split_name(name)
+    dev = resolve_device(device)
+    return _REGISTRY[family](rest, dev, resolve_dtype(dtype, dev))
+
+
+def load_clip(
+    name: str, *, device: DeviceLike = "auto", dtype: DTypeLike | str = "auto"
+) -> ClipBackbone:
+    """Load a CLIP model (``hf:...``, ``openclip:...`` or a local HF directory)."""
+    backbone = load_backbone(name, device=device, dtype=dtype)
+    if not isinstance(backbone, ClipBackbone):
+        raise TypeError(f"{name!r} is not a CLIP model (got {type(backbone).__name__})")
+    return backbone
+
+
+def _load_hf(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
+    from vl_core._hf_clip import HFClipBackbone
+
+    return HFClipBackbone.load(name, device, dtype)
+
+
+def _load_openclip(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
+    from vl_core._openclip import OpenClipBackbone
+
+    return OpenClipBackbone.load(name, device, dtype)
+
+
+def _load_timm(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
+    backbone = load_timm(name, device=device)
+    backbone.model.to(dtype=dtype)
+    return backbone
+
+
+register_backbone("hf", _load_hf)
+register_backbone("openclip", _load_openclip)
+register_backbone("timm", _load_timm)
