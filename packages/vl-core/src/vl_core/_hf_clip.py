@@ -38,7 +38,10 @@ class HFTokenizer(ClipTokenizer):
         self._id_to_token = {int(i): str(t) for t, i in vocab.items()}
 
     def encode(self, text: str) -> list[int]:
-        return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
+        # the backend tokenizer directly: no python-side warning about the model's max length
+        return [
+            int(i) for i in self._tok.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        ]
 
     def token_string(self, token_id: int) -> str:
         return self._id_to_token[token_id]

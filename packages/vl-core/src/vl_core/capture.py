@@ -10,8 +10,8 @@ Supported attention modules:
 - transformers attention modules that return ``(output, weights)`` (e.g. ``CLIPAttention``) when the
   model runs with ``attn_implementation="eager"`` (sdpa/flash return no weights);
 - ``torch.nn.MultiheadAttention`` (as used by open_clip with ``need_weights=False``): it is swapped
-  for :class:`ProbedMultiheadAttention`, a literal re-implementation that shares its parameters and
-  matches its outputs to float rounding.
+  for :class:`ProbedMultiheadAttention`, a literal re-implementation that shares its parameters; its
+  output carries the original module's value bit for bit and the literal computation's gradient.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ class ProbedMultiheadAttention(nn.Module):
     """Stand-in for an ``nn.MultiheadAttention`` that exposes its post-softmax probabilities.
 
     It holds the original module (same parameters) and computes the attention literally:
-    ``softmax(q k^T / sqrt(d) + mask) v``. ``last_probs`` is ``[batch, heads, q_len, k_len]``.
+    ``softmax(q k^T / sqrt(d) + mask) v``; ``last_probs`` is ``[batch, heads, q_len, k_len]``.
+    PyTorch's own kernel (SDPA) rounds differently, and over a few layers the literal result drifts
+    from it by a few ulps. So the value returned is the original module's output, bit for bit, while
+    the gradient is the literal computation's: ``original.detach() + (literal - literal.detach())``.
+    The model's outputs are therefore unchanged, and gradients w.r.t. ``last_probs`` are exact
+    gradients of the attention (at an input equal to the original's to float rounding). In training
+    mode with dropout the two could not agree (different random masks): the literal output is used.
     """
 
     def __init__(self, inner: nn.MultiheadAttention) -> None:
@@ -57,6 +63,38 @@ class ProbedMultiheadAttention(nn.Module):
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         mha = self.inner
+        literal, probs = self._literal(query, key, value, key_padding_mask, attn_mask, is_causal)
+        self.last_probs = probs
+        if self.training and mha.dropout > 0:
+            out = literal
+        else:
+            # Same call, same grad mode as without the probe, so PyTorch picks the same kernel.
+            original, _ = mha(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=False,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+            )
+            out = original.detach() + (literal - literal.detach())
+        weights: Tensor | None = None
+        if need_weights:
+            weights = probs.mean(dim=1) if average_attn_weights else probs
+        return out, weights
+
+    def _literal(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        is_causal: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """``(output, probabilities)`` of the attention, computed from its definition."""
+        mha = self.inner
         if not mha.batch_first:
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
         batch, q_len, embed = query.shape
@@ -75,16 +113,12 @@ class ProbedMultiheadAttention(nn.Module):
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_dim)
         scores = scores + _additive_mask(attn_mask, key_padding_mask, is_causal, scores)
         probs = torch.softmax(scores.float(), dim=-1).to(scores.dtype)
-        self.last_probs = probs
         dropped = F.dropout(probs, p=mha.dropout, training=self.training)
         out = torch.matmul(dropped, v).transpose(1, 2).reshape(batch, q_len, embed)
         out = mha.out_proj(out)
         if not mha.batch_first:
             out = out.transpose(0, 1)
-        weights: Tensor | None = None
-        if need_weights:
-            weights = probs.mean(dim=1) if average_attn_weights else probs
-        return out, weights
+        return out, probs
 
 
 def _additive_mask(
@@ -146,11 +180,11 @@ class Capture:
         if self._handles or self._swapped:
             raise CaptureError("this Capture is already active")
         try:
-            for name in self.output_names:
-                hook = self._output_hook(name)
-                self._handles.append(self._modules[name].register_forward_hook(hook))
             for name in self.attention_names:
                 self._attach_attention(name)
+            for name in self.output_names:  # after swapping: a swapped module's probe is hooked
+                module = self.model.get_submodule(name)
+                self._handles.append(module.register_forward_hook(self._output_hook(name)))
         except BaseException:
             self._restore()
             raise
@@ -186,6 +220,13 @@ class Capture:
             self._probes[name] = probe
             self._handles.append(probe.register_forward_hook(self._probe_hook(name, probe)))
             return
+        implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
+        if implementation not in (None, "eager"):
+            raise CaptureError(
+                f"attention module {name!r} runs with attn_implementation={implementation!r}, "
+                "which returns no attention probabilities; load the model with "
+                "attn_implementation='eager'"
+            )
         self._handles.append(module.register_forward_hook(self._weights_hook(name)))
 
     def _probe_hook(self, name: str, probe: ProbedMultiheadAttention) -> Any:

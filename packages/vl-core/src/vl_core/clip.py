@@ -74,8 +74,11 @@ class ClipBackbone(ABC):
 
     @staticmethod
     def cosine(image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        """Row-wise cosine similarity ``[batch]`` (no logit scale), computed in fp32."""
-        return F.cosine_similarity(image_emb.float(), text_emb.float(), dim=-1)
+        """Row-wise cosine similarity ``[batch]`` (no logit scale), in fp32 or wider."""
+        dtype = torch.promote_types(
+            torch.promote_types(image_emb.dtype, text_emb.dtype), torch.float32
+        )
+        return F.cosine_similarity(image_emb.to(dtype), text_emb.to(dtype), dim=-1)
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,272 @@
+"""CLIP4DM: per-word misalignment scores from gradients over CLIP's text attention."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from clip4dm.alignment import align_words, split_words
+from clip4dm.results import Detection, WordScore
+from clip4dm.scores import MODES, Mode, clip_score, f_clip_score, ref_clip_score, select_misaligned
+from vl_core.capture import Capture
+from vl_core.clip import ClipBackbone
+from vl_core.devices import DeviceLike, DTypeLike
+from vl_core.factory import load_clip
+from vl_core.gradients import batched_grad, partial_autograd
+from vl_core.images import ImageSource, load_image
+from vl_core.tokens import TokenBatch
+
+logger = logging.getLogger("clip4dm")
+
+DEFAULT_MODEL = "hf:openai/clip-vit-base-patch32"
+DEFAULT_TEMPLATE = "A photo depicts "
+DEFAULT_EPSILON = -5e-5
+DEFAULT_LAYERS = 3
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """Raw attribution of a batch: per pair, the relevance ``r_i`` of content tokens
+    ``1 .. e-1`` of ``template + text`` (fp32 or wider, CPU), the cosine, the text embeddings."""
+
+    tokens: TokenBatch
+    relevance: list[Tensor]
+    cosine: Tensor
+    text_embeddings: Tensor
+
+
+class CLIP4DM:
+    """Finds the words of a caption that do not match the image, from a pre-trained CLIP.
+
+    Token relevance is ``R[e, i]`` with ``R = (1/k) Σ_{last k layers} mean_heads(∂s/∂A ⊙ A)``,
+    ``s`` the unscaled image–text cosine, ``A`` the text self-attention probabilities and ``e`` the
+    end-of-text position (no clamping, no rollout). A word scores the mean of its tokens.
+
+    ``model`` is a name for :func:`vl_core.factory.load_clip` (``hf:<id or dir>``,
+    ``openclip:<arch>/<tag or file>``, a local HF directory) or an already loaded backbone.
+    """
+
+    def __init__(
+        self,
+        model: str | ClipBackbone = DEFAULT_MODEL,
+        *,
+        mode: Mode = "threshold",
+        epsilon: float = DEFAULT_EPSILON,
+        layers: int = DEFAULT_LAYERS,
+        template: str = DEFAULT_TEMPLATE,
+        device: DeviceLike = "auto",
+        dtype: DTypeLike | str = "auto",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        self.backbone = (
+            model
+            if isinstance(model, ClipBackbone)
+            else load_clip(model, device=device, dtype=dtype)
+        )
+        total = self.backbone.num_text_layers
+        if not 1 <= layers <= total:
+            raise ValueError(
+                f"layers must be in 1..{total} (text layers of the model), got {layers}"
+            )
+        self.mode: Mode = mode
+        self.epsilon = float(epsilon)
+        self.layers = layers
+        self.template = template
+        self._attention_names = [
+            self.backbone.text_attention_name(i) for i in range(total - layers, total)
+        ]
+
+    @property
+    def model_name(self) -> str:
+        return self.backbone.name
+
+    def detect(
+        self, image: ImageSource, text: str, *, references: Sequence[str] | None = None
+    ) -> Detection:
+        """Score one (image, caption) pair."""
+        refs = [list(references)] if references is not None else None
+        return self.detect_batch([image], [text], references=refs)[0]
+
+    def detect_batch(
+        self,
+        images: Sequence[ImageSource],
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        references: Sequence[Sequence[str]] | None = None,
+        progress: bool = False,
+    ) -> list[Detection]:
+        """Score many pairs, ``batch_size`` at a time; results in input order."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not one string")
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        if references is not None and len(references) != len(texts):
+            raise ValueError(f"{len(references)} reference lists but {len(texts)} texts")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"text #{i} is empty or whitespace-only: {text!r}")
+        results: list[Detection] = []
+        bar = tqdm(total=len(texts), desc="clip4dm", unit="pair", disable=not progress)
+        with bar:
+            for start in range(0, len(texts), batch_size):
+                stop = start + batch_size
+                refs = references[start:stop] if references is not None else None
+                results.extend(self._detect_chunk(images[start:stop], texts[start:stop], refs))
+                bar.update(len(texts[start:stop]))
+        truncated = sum(d.truncated for d in results)
+        if truncated:
+            logger.warning(
+                "%d caption(s) exceed the %d-token context: their last words are unscored "
+                "(see Detection.unscored_words)",
+                truncated,
+                self.backbone.context_length,
+            )
+        return results
+
+    # -- internals ----------------------------------------------------------------------------
+    def _encode_images(self, images: Sequence[ImageSource]) -> Tensor:
+        """Embeddings ``[batch, dim]``; each distinct image is loaded and encoded once."""
+        keys: dict[object, int] = {}
+        order: list[int] = []
+        distinct: list[Image.Image] = []
+        for image in images:
+            key: object = (
+                ("path", os.fspath(image)) if isinstance(image, (str, Path)) else ("obj", id(image))
+            )
+            if key not in keys:
+                keys[key] = len(distinct)
+                distinct.append(load_image(image))
+            order.append(keys[key])
+        with torch.no_grad():
+            embeddings = self.backbone.encode_image(self.backbone.preprocess(distinct))
+        return embeddings[torch.tensor(order, device=embeddings.device)]
+
+    def token_relevance(self, images: Sequence[ImageSource], texts: Sequence[str]) -> Relevance:
+        """Token relevance of ``template + text`` for each pair, with ONE backward pass."""
+        backbone = self.backbone
+        full = [self.template + t for t in texts]
+        tokens = backbone.tokenize(full)
+        image_emb = self._encode_images(images)
+        first = backbone.text_layers[backbone.num_text_layers - self.layers]
+        with (
+            Capture(backbone.model, attentions=self._attention_names) as capture,
+            partial_autograd(backbone.model, first),
+        ):
+            text_emb = backbone.encode_text(tokens.ids)
+            cosine = backbone.cosine(image_emb, text_emb)
+            attentions = [capture.attentions[name] for name in self._attention_names]
+            grads = batched_grad(cosine, attentions)
+        batch = torch.arange(len(texts), device=tokens.ids.device)
+        eot = tokens.eot
+        dtype = torch.promote_types(attentions[0].dtype, torch.float32)
+        relevance = torch.zeros(len(texts), tokens.ids.shape[1], dtype=dtype)
+        for grad, attn in zip(grads, attentions, strict=True):
+            # only the end-of-text row of R is needed: [batch, heads, T]
+            row = grad[batch, :, eot].to(dtype) * attn[batch, :, eot].detach().to(dtype)
+            relevance += row.mean(dim=1).cpu()
+        relevance /= self.layers
+        return Relevance(
+            tokens=tokens.to("cpu"),
+            relevance=[relevance[b, 1 : int(eot[b])] for b in range(len(texts))],
+            cosine=cosine.detach().cpu(),
+            text_embeddings=text_emb.detach(),
+        )
+
+    def _detect_chunk(
+        self,
+        images: Sequence[ImageSource],
+        texts: Sequence[str],
+        references: Sequence[Sequence[str]] | None,
+    ) -> list[Detection]:
+        rel = self.token_relevance(images, texts)
+        tokens = rel.tokens
+        ref_cos = (
+            self._reference_cosines(rel.text_embeddings, references)
+            if references is not None
+            else None
+        )
+        out: list[Detection] = []
+        for b, text in enumerate(texts):
+            eot = int(tokens.eot[b])
+            content = [int(t) for t in tokens.ids[b, 1:eot]]
+            out.append(
+                self._words_to_detection(
+                    text,
+                    rel.relevance[b],
+                    content,
+                    float(rel.cosine[b]),
+                    tokens.truncated[b],
+                    ref_cos[b] if ref_cos else None,
+                )
+            )
+        return out
+
+    def _words_to_detection(
+        self,
+        caption: str,
+        relevance: Tensor,
+        content: list[int],
+        cosine: float,
+        truncated: bool,
+        reference_cosines: list[float] | None,
+    ) -> Detection:
+        full = self.template + caption
+        words = split_words(full)
+        groups = align_words(self.backbone.tokenizer, words, content)
+        scored: list[WordScore] = []
+        unscored: list[str] = []
+        index = 0
+        for word, group in zip(words, groups, strict=True):
+            if word.start < len(self.template):
+                continue  # template words are scored with the text but not reported
+            if group.complete and group.tokens:
+                score = float(relevance[group.tokens].mean())
+                scored.append(WordScore(word=word.text, index=index, score=score))
+            else:
+                unscored.append(word.text)
+            index += 1
+        misaligned, negative_sum = select_misaligned(scored, self.mode, self.epsilon)
+        return Detection(
+            caption=caption,
+            words=scored,
+            misaligned=misaligned,
+            negative_sum=negative_sum,
+            cosine=cosine,
+            clip_score=clip_score(cosine),
+            f_clip_score=f_clip_score(negative_sum, cosine),
+            mode=self.mode,
+            truncated=truncated,
+            unscored_words=unscored,
+            ref_clip_score=(
+                ref_clip_score(cosine, reference_cosines) if reference_cosines is not None else None
+            ),
+        )
+
+    def _reference_cosines(
+        self, text_emb: Tensor, references: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        flat = [self.template + r for refs in references for r in refs]
+        if not flat:
+            return [[] for _ in references]
+        with torch.no_grad():
+            ref_emb = self.backbone.encode_text(self.backbone.tokenize(flat).ids)
+        out: list[list[float]] = []
+        pos = 0
+        for b, refs in enumerate(references):
+            chunk = ref_emb[pos : pos + len(refs)]
+            pos += len(refs)
+            sims = ClipBackbone.cosine(text_emb[b].expand_as(chunk), chunk) if len(refs) else None
+            out.append([] if sims is None else [float(x) for x in sims])
+        return out
