@@ -1,0 +1,189 @@
+"""Import the authors' released Lightning checkpoints (transformers 4.18 naming) into our model.
+
+A released run directory holds ``config.json`` (a transformers-4.18 ``DeformableDetrConfig`` with
+EGTR's extra fields) and ``checkpoints/epoch=*.ckpt`` (state dict under ``state_dict``, keys
+prefixed ``model.``). The key map below is verified against the released VG key list: every key
+is either renamed onto a model key, or dropped for a stated reason; anything else fails.
+
+Dropped on purpose:
+- ``class_embed.{1..5}`` / ``bbox_embed.{1..5}``: without box refinement the reference shares one
+  head across decoder layers and stores it six times; the copies are checked equal to ``.0``.
+- ``backbone ... layerN.0.downsample.1.num_batches_tracked``: the reference left those BatchNorms
+  unfrozen, so they carry a step counter. Our backbone uses frozen BatchNorm (transformers'
+  ``DeformableDetrFrozenBatchNorm2d``), which has no counter and computes the same inference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from egtr._labels import VG150_OBJECTS, VG150_PREDICATES
+from egtr.configuration import EGTRConfig
+from egtr.modeling import EGTRForSceneGraphGeneration
+from vl_core.checkpoints import (
+    CheckpointError,
+    LoadReport,
+    RenameRule,
+    load_into,
+    load_state_dict,
+)
+
+LIGHTNING_PREFIX = "model."
+
+LEGACY_RENAME_RULES: tuple[RenameRule, ...] = (
+    RenameRule(r"^model\.backbone\.conv_encoder\.model\.", "model.backbone.model."),
+    RenameRule(r"^(model\.(?:en|de)coder\.layers\.\d+)\.(fc1|fc2)\.", r"\1.mlp.\2."),
+    RenameRule(r"^(model\.decoder\.layers\.\d+\.self_attn)\.out_proj\.", r"\1.o_proj."),
+    RenameRule(r"^class_embed\.0\.", "class_embed."),
+    RenameRule(r"^bbox_embed\.0\.layers\.", "bbox_embed.layers."),
+    RenameRule(r"^(proj_q|proj_k|final_sub_proj|final_obj_proj)\.", r"relation_head.\1."),
+    RenameRule(r"^rel_predictor_gate\.", "relation_head.gate."),
+    RenameRule(r"^rel_predictor\.layers\.", "relation_head.rel_mlp.layers."),
+    RenameRule(r"^connectivity_layer\.layers\.", "relation_head.connectivity_mlp.layers."),
+)
+"""Released (transformers 4.18, Lightning prefix removed) key -> our key."""
+
+DROPPED_KEYS: tuple[str, ...] = (r"\.num_batches_tracked$",)
+"""Released keys with no counterpart (see the module docstring)."""
+
+_SHARED_COPY = re.compile(r"^(class_embed|bbox_embed)\.([1-9]\d*)\.(.+)$")
+
+_DETECTOR_FIELDS = (
+    "d_model", "encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim",
+    "encoder_attention_heads", "decoder_attention_heads", "num_queries", "num_feature_levels",
+    "encoder_n_points", "decoder_n_points", "position_embedding_type", "dilation",
+    "activation_function", "two_stage", "with_box_refine", "num_rel_labels", "use_freq_bias",
+)  # fmt: skip
+
+
+def strip_lightning_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove Lightning's ``model.`` prefix (present on every key of a released checkpoint)."""
+    keys = list(state_dict)
+    if keys and all(k.startswith(LIGHTNING_PREFIX) for k in keys):
+        return {k[len(LIGHTNING_PREFIX) :]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def drop_shared_head_copies(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop ``class_embed.N`` / ``bbox_embed.N`` (N >= 1) after checking they equal copy ``0``."""
+    kept: dict[str, torch.Tensor] = {}
+    differing: list[str] = []
+    for key, value in state_dict.items():
+        match = _SHARED_COPY.match(key)
+        if match is None:
+            kept[key] = value
+            continue
+        first = f"{match.group(1)}.0.{match.group(3)}"
+        if first in state_dict and not torch.equal(state_dict[first], value):
+            differing.append(key)
+        elif first not in state_dict:
+            kept[key] = value  # left for the strict check to report
+    if differing:
+        raise CheckpointError(
+            "per-layer detection heads differ from layer 0 (a box-refinement model?), "
+            f"which EGTR does not use: {differing}"
+        )
+    return kept
+
+
+def legacy_config(
+    legacy: Mapping[str, Any],
+    *,
+    object_labels: list[str] | None = None,
+    predicate_labels: list[str] | None = None,
+) -> EGTRConfig:
+    """An :class:`EGTRConfig` from the authors' transformers-4.18 ``config.json`` dict.
+
+    Architecture fields are carried over; training-only fields are ignored. Label names: given
+    ones, else real names in the legacy ``id2label``, else the VG150 names for a 150/50 model,
+    else ``class_{i}`` / ``predicate_{i}``.
+    """
+    if legacy.get("use_timm_backbone") is False:
+        raise ValueError("only the timm ResNet backbone of the released models is supported")
+    kwargs: dict[str, Any] = {k: legacy[k] for k in _DETECTOR_FIELDS if k in legacy}
+    kwargs["backbone"] = legacy.get("backbone", "resnet50")
+    kwargs["use_timm_backbone"] = True
+    if "logit_adjustment" in legacy:
+        kwargs["use_logit_adjustment"] = bool(legacy["logit_adjustment"])
+    if "logit_adj_tau" in legacy:
+        kwargs["logit_adjustment_tau"] = float(legacy["logit_adj_tau"])
+    num_labels = _legacy_num_labels(legacy)
+    num_rel = int(legacy.get("num_rel_labels", 50))
+    kwargs["num_rel_labels"] = num_rel
+    if object_labels is None:
+        names = [
+            str(v) for _, v in sorted((int(k), v) for k, v in legacy.get("id2label", {}).items())
+        ]
+        generic = all(re.fullmatch(r"LABEL_\d+", n) for n in names)
+        if len(names) == num_labels and not generic:
+            object_labels = names
+        elif num_labels == len(VG150_OBJECTS):
+            object_labels = list(VG150_OBJECTS)
+        else:
+            object_labels = [f"class_{i}" for i in range(num_labels)]
+    if predicate_labels is None and num_rel == len(VG150_PREDICATES) and num_labels == 150:
+        predicate_labels = list(VG150_PREDICATES)
+    if len(object_labels) != num_labels:
+        raise ValueError(f"{len(object_labels)} object names for {num_labels} classes")
+    kwargs["id2label"] = dict(enumerate(object_labels))
+    kwargs["rel_labels"] = predicate_labels
+    return EGTRConfig(**kwargs)
+
+
+def _legacy_num_labels(legacy: Mapping[str, Any]) -> int:
+    if "num_labels" in legacy:
+        return int(legacy["num_labels"])
+    if "id2label" in legacy:
+        return len(legacy["id2label"])
+    raise ValueError("the legacy config has neither num_labels nor id2label")
+
+
+def read_categories(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Object and predicate names from a ``categories_dict.json`` (``{"obj": [...], "rel": [...]}``)."""
+    data = json.loads(Path(path).read_text())
+    return [str(x) for x in data["obj"]], [str(x) for x in data["rel"]]
+
+
+def load_legacy_weights(
+    model: EGTRForSceneGraphGeneration, state_dict: Mapping[str, torch.Tensor]
+) -> LoadReport:
+    """Strictly load a released state dict (with or without the Lightning prefix) into ``model``.
+
+    Raises ``vl_core.checkpoints.CheckpointMismatchError`` listing missing, unexpected and
+    wrongly shaped keys.
+    """
+    cleaned = drop_shared_head_copies(strip_lightning_prefix(state_dict))
+    return load_into(model, cleaned, rules=LEGACY_RENAME_RULES, strict=True, ignore=DROPPED_KEYS)
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    config: str | os.PathLike[str] | EGTRConfig,
+    out: str | os.PathLike[str],
+    *,
+    categories: str | os.PathLike[str] | None = None,
+) -> LoadReport:
+    """Convert a released ``.ckpt`` (+ its ``config.json``) into a ``from_pretrained`` directory.
+
+    The checkpoint is read with ``torch.load(weights_only=True)`` (via vl-core); nothing is
+    unpickled beyond tensors and plain containers. Writes ``out/config.json`` and
+    ``out/model.safetensors``.
+    """
+    if isinstance(config, EGTRConfig):
+        egtr_config = config
+    else:
+        legacy = json.loads(Path(config).read_text())
+        objects, predicates = read_categories(categories) if categories else (None, None)
+        egtr_config = legacy_config(legacy, object_labels=objects, predicate_labels=predicates)
+    state_dict = load_state_dict(checkpoint)
+    model = EGTRForSceneGraphGeneration(egtr_config)
+    report = load_legacy_weights(model, state_dict)
+    model.save_pretrained(out)
+    return report

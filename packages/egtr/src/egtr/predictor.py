@@ -1,0 +1,144 @@
+"""``EGTRPredictor``: images in, :class:`~egtr.SceneGraph` out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from egtr.modeling import EGTRForSceneGraphGeneration
+from egtr.postprocess import build_scene_graph
+from egtr.preprocessing import preprocess, resized_size
+from egtr.scene_graph import SceneGraph
+from vl_core.devices import DeviceLike, DTypeLike, resolve_device, resolve_dtype
+from vl_core.images import ImageSource, load_image
+
+
+class EGTRPredictor:
+    """Run an EGTR model on images: load, preprocess, batch, post-process.
+
+    ``model_or_dir`` is a model or a directory written by ``save_pretrained`` / ``egtr convert``.
+    ``device`` / ``dtype`` ``"auto"``: CUDA with bf16 (or fp16) when available, else CPU fp32.
+    ``top_k``, ``graph_constrained``, ``object_score``, ``min_size`` and ``max_size`` default to the
+    model config's values.
+
+    Batching: by default only images with the same resized shape share a forward pass, so a
+    result never depends on which other images were in the batch (Deformable DETR's input
+    GroupNorm sees padded positions, so padding shifts outputs slightly). ``pad_batches=True``
+    pads mixed sizes into one batch with a pixel mask instead: faster, not bit-identical.
+    """
+
+    def __init__(
+        self,
+        model_or_dir: EGTRForSceneGraphGeneration | str | os.PathLike[str],
+        device: DeviceLike = "auto",
+        dtype: DTypeLike | str = "auto",
+        *,
+        top_k: int | None = None,
+        graph_constrained: bool | None = None,
+        object_score: str | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        pad_batches: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if isinstance(model_or_dir, EGTRForSceneGraphGeneration):
+            model = model_or_dir
+        else:
+            path = Path(model_or_dir)
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{str(path)!r} is not an EGTR model directory (no config.json); "
+                    "create one with save_pretrained or `egtr convert`"
+                )
+            model = EGTRForSceneGraphGeneration.from_pretrained(path)
+        model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
+        model.eval()  # type: ignore[no-untyped-call]
+        self.model = model
+        config = self.model.config
+        self.top_k = config.top_k if top_k is None else top_k
+        self.graph_constrained = (
+            config.graph_constrained if graph_constrained is None else graph_constrained
+        )
+        self.object_score = config.object_score if object_score is None else object_score
+        self.min_size = config.image_min_size if min_size is None else min_size
+        self.max_size = config.image_max_size if max_size is None else max_size
+        self.pad_batches = pad_batches
+
+    def predict(
+        self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 1
+    ) -> list[SceneGraph]:
+        """One :class:`SceneGraph` per image (a single image also gives a one-element list)."""
+        return list(self.iter_predict(images, batch_size=batch_size))
+
+    def iter_predict(
+        self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 1
+    ) -> Iterator[SceneGraph]:
+        """Like :meth:`predict`, yielding each graph as soon as its batch is done."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sources = _as_list(images)
+        for start in range(0, len(sources), batch_size):
+            batch = [load_image(src) for src in sources[start : start + batch_size]]
+            yield from self.predict_loaded(batch)
+
+    def predict_loaded(self, images: Sequence[Image.Image]) -> list[SceneGraph]:
+        """Graphs of already loaded RGB images, in order, in one go (see the class docs on batching)."""
+        if self.pad_batches:
+            return self._forward(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            shape = resized_size(*image.size, self.min_size, self.max_size)
+            groups.setdefault(shape, []).append(index)
+        results: dict[int, SceneGraph] = {}
+        for indices in groups.values():
+            graphs = self._forward([images[i] for i in indices])
+            results.update(zip(indices, graphs, strict=True))
+        return [results[i] for i in range(len(images))]
+
+    @torch.inference_mode()
+    def _forward(self, images: Sequence[Image.Image]) -> list[SceneGraph]:
+        inputs = preprocess(
+            images,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            mean=self.model.config.image_mean or (0.485, 0.456, 0.406),
+            std=self.model.config.image_std or (0.229, 0.224, 0.225),
+        )
+        out = self.model(
+            pixel_values=inputs.pixel_values.to(self.device, self.dtype),
+            pixel_mask=inputs.pixel_mask.to(self.device),
+        )
+        assert out.logits is not None
+        assert out.pred_boxes is not None
+        assert out.pred_rel is not None
+        config = self.model.config
+        graphs = []
+        for index, size in enumerate(inputs.original_sizes):
+            conn = out.pred_connectivity[index] if out.pred_connectivity is not None else None
+            graphs.append(
+                build_scene_graph(
+                    out.logits[index],
+                    out.pred_boxes[index],
+                    out.pred_rel[index],
+                    conn,
+                    size,
+                    object_labels=config.object_labels,
+                    predicate_labels=config.predicate_labels,
+                    top_k=self.top_k,
+                    graph_constrained=self.graph_constrained,
+                    object_score=self.object_score,
+                )
+            )
+        return graphs
+
+
+def _as_list(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
+    """A single source (path, bytes, PIL image, array, tensor) or a list of them, as a list."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]  # type: ignore[list-item]

@@ -1,0 +1,229 @@
+"""Import of the authors' released Lightning checkpoints (transformers 4.18 naming)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from egtr_testing import tiny_config
+
+from egtr import EGTRForSceneGraphGeneration, convert_checkpoint
+from egtr.convert import LEGACY_RENAME_RULES, legacy_config
+from vl_core.checkpoints import CheckpointMismatchError, UnsafeCheckpointError
+
+KEYS_TSV = Path("/work/shared/reference/egtr-vg-checkpoint-keys.tsv")
+_REPO_TSV = Path(__file__).resolve().parents[3] / "shared/reference/egtr-vg-checkpoint-keys.tsv"
+TSV = _REPO_TSV if _REPO_TSV.is_file() else KEYS_TSV
+
+# transformers-4.18 config.json of the released VG run, reduced to what matters (hand-written)
+LEGACY_VG_CONFIG = {
+    "architectures": ["DetrForSceneGraphGeneration"],
+    "model_type": "deformable_detr",
+    "transformers_version": "4.18.0",
+    "backbone": "resnet50",
+    "use_pretrained_backbone": True,
+    "d_model": 256,
+    "encoder_layers": 6,
+    "decoder_layers": 6,
+    "encoder_ffn_dim": 1024,
+    "decoder_ffn_dim": 1024,
+    "encoder_attention_heads": 8,
+    "decoder_attention_heads": 8,
+    "encoder_n_points": 4,
+    "decoder_n_points": 4,
+    "num_feature_levels": 4,
+    "num_queries": 200,
+    "two_stage": False,
+    "with_box_refine": False,
+    "auxiliary_loss": True,
+    "id2label": {str(i): f"LABEL_{i}" for i in range(150)},
+    "label2id": {f"LABEL_{i}": i for i in range(150)},
+    "num_rel_labels": 50,
+    "use_freq_bias": True,
+    "use_log_softmax": False,
+    "freq_bias_eps": 1e-12,
+    "logit_adjustment": False,
+    "logit_adj_tau": 0.3,
+    "rel_loss_coefficient": 15.0,
+    "connectivity_loss_coefficient": 30.0,
+    "smoothing": 1e-14,
+}
+
+
+def _released_state_dict() -> tuple[dict[str, torch.Tensor], list[dict[str, str]]]:
+    """Random tensors under exactly the released VG keys and shapes (shared heads shared)."""
+    if not TSV.is_file():
+        pytest.skip(f"reference key list not found at {TSV}")
+    rows = list(csv.DictReader(TSV.open(), delimiter="\t"))
+    gen = torch.Generator().manual_seed(0)
+    state: dict[str, torch.Tensor] = {}
+    for row in rows:
+        shape = json.loads(row["shape"])
+        if row["dtype"] == "int64":
+            state[row["name"]] = torch.tensor(1234, dtype=torch.int64).expand(shape).clone()
+        else:
+            state[row["name"]] = torch.randn(shape, generator=gen)
+    for row in rows:
+        if row["same_tensor_as"]:
+            state[row["name"]] = state[row["same_tensor_as"]]
+    return state, rows
+
+
+def _save_lightning(state: dict[str, torch.Tensor], path: Path) -> Path:
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3, "global_step": 7},
+        path,
+    )
+    return path
+
+
+def test_released_vg_checkpoint_converts_and_loads_strictly(tmp_path: Path) -> None:
+    state, rows = _released_state_dict()
+    ckpt = _save_lightning(state, tmp_path / "epoch=03-validation_loss=1.23.ckpt")
+    (tmp_path / "config.json").write_text(json.dumps(LEGACY_VG_CONFIG))
+    report = convert_checkpoint(ckpt, tmp_path / "config.json", tmp_path / "out")
+    assert len(report.ignored_keys) == 4
+    assert all(k.endswith("downsample.1.num_batches_tracked") for k in report.ignored_keys)
+
+    model = EGTRForSceneGraphGeneration.from_pretrained(tmp_path / "out")
+    ours = model.state_dict()
+    # strict: the saved directory holds exactly the model's keys
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) == set(ours)
+    # every released key maps to the name the TSV gives for current transformers
+    for row in rows:
+        target = row["hf524_DeformableDetrForObjectDetection_name"]
+        if row["name"].startswith("model.") and target:
+            torch.testing.assert_close(ours[target], state[row["name"]])
+    torch.testing.assert_close(ours["triplet_dist"], state["triplet_dist"])
+    torch.testing.assert_close(ours["rel_dist"], state["rel_dist"])
+    torch.testing.assert_close(ours["class_embed.weight"], state["class_embed.0.weight"])
+    torch.testing.assert_close(
+        ours["bbox_embed.layers.2.bias"], state["bbox_embed.0.layers.2.bias"]
+    )
+    torch.testing.assert_close(
+        ours["relation_head.gate.weight"], state["rel_predictor_gate.weight"]
+    )
+    torch.testing.assert_close(
+        ours["model.decoder.layers.5.self_attn.o_proj.weight"],
+        state["model.decoder.layers.5.self_attn.out_proj.weight"],
+    )
+    assert model.config.object_labels[:2] == ["airplane", "animal"]
+    assert model.config.predicate_labels[30] == "on"
+    assert model.config.num_queries == 200
+
+
+def _legacy_names(state: dict[str, torch.Tensor], decoder_layers: int) -> dict[str, torch.Tensor]:
+    """Our keys written back in the released naming (independent inverse of the key map)."""
+    inverse = [
+        (r"^model\.backbone\.model\.", "model.backbone.conv_encoder.model."),
+        (r"\.mlp\.(fc1|fc2)\.", r".\1."),
+        (r"\.self_attn\.o_proj\.", ".self_attn.out_proj."),
+        (r"^relation_head\.gate\.", "rel_predictor_gate."),
+        (r"^relation_head\.rel_mlp\.", "rel_predictor."),
+        (r"^relation_head\.connectivity_mlp\.", "connectivity_layer."),
+        (r"^relation_head\.", ""),
+    ]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for pattern, repl in inverse:
+            key = re.sub(pattern, repl, key)
+        if key.startswith(("class_embed.", "bbox_embed.")):
+            head, rest = key.split(".", 1)
+            for layer in range(decoder_layers):
+                out[f"{head}.{layer}.{rest}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def test_converted_tiny_checkpoint_gives_same_outputs(
+    tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
+) -> None:
+    legacy = _legacy_names(tiny_model.state_dict(), decoder_layers=2)
+    assert "rel_predictor.layers.0.weight" in legacy
+    assert "class_embed.1.bias" in legacy
+    ckpt = _save_lightning(legacy, tmp_path / "tiny.ckpt")
+    convert_checkpoint(ckpt, tiny_config(), tmp_path / "out")
+    converted = EGTRForSceneGraphGeneration.from_pretrained(tmp_path / "out").eval()
+    pixels = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        a, b = tiny_model(pixels), converted(pixels)
+    for name in ("logits", "pred_boxes", "pred_rel", "pred_connectivity"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_and_unexpected_keys_fail_with_a_list(
+    tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
+) -> None:
+    legacy = _legacy_names(tiny_model.state_dict(), decoder_layers=2)
+    missing = dict(legacy)
+    del missing["final_sub_proj.bias"]
+    with pytest.raises(
+        CheckpointMismatchError, match=r"relation_head\.final_sub_proj\.bias"
+    ) as exc:
+        convert_checkpoint(
+            _save_lightning(missing, tmp_path / "m.ckpt"), tiny_config(), tmp_path / "o1"
+        )
+    assert exc.value.report.missing_keys == ("relation_head.final_sub_proj.bias",)
+    assert not (tmp_path / "o1").exists()
+
+    extra = dict(legacy)
+    extra["rel_predictor.layers.3.weight"] = torch.zeros(2, 2)
+    with pytest.raises(CheckpointMismatchError, match=r"rel_mlp\.layers\.3\.weight") as exc:
+        convert_checkpoint(
+            _save_lightning(extra, tmp_path / "e.ckpt"), tiny_config(), tmp_path / "o2"
+        )
+    assert exc.value.report.unexpected_keys == ("relation_head.rel_mlp.layers.3.weight",)
+
+
+def test_differing_per_layer_heads_are_refused(
+    tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
+) -> None:
+    legacy = _legacy_names(tiny_model.state_dict(), decoder_layers=2)
+    legacy["class_embed.1.bias"] = legacy["class_embed.1.bias"] + 1
+    with pytest.raises(ValueError, match="box-refinement"):
+        convert_checkpoint(
+            _save_lightning(legacy, tmp_path / "r.ckpt"), tiny_config(), tmp_path / "o"
+        )
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("unpickled code ran",))
+
+
+def test_converter_never_unpickles_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"model.x": torch.zeros(1)}, "hyper_parameters": _Payload()}, ckpt)
+    with pytest.raises(UnsafeCheckpointError):
+        convert_checkpoint(ckpt, tiny_config(), tmp_path / "out")
+    assert "unpickled code ran" not in capsys.readouterr().out
+
+
+def test_legacy_config_mapping() -> None:
+    config = legacy_config(LEGACY_VG_CONFIG)
+    assert (config.d_model, config.num_queries, config.decoder_layers) == (256, 200, 6)
+    assert config.backbone_config.backbone == "resnet50"
+    assert config.backbone_config.use_pretrained_backbone is False
+    assert config.use_logit_adjustment is False
+    assert config.logit_adjustment_tau == 0.3
+    named = legacy_config({**LEGACY_VG_CONFIG, "num_labels": 3, "id2label": {"0": "a", "1": "b", "2": "c"},
+                           "num_rel_labels": 2})  # fmt: skip
+    assert named.object_labels == ["a", "b", "c"]
+    assert named.predicate_labels == ["predicate_0", "predicate_1"]
+    with pytest.raises(ValueError, match="timm"):
+        legacy_config({**LEGACY_VG_CONFIG, "use_timm_backbone": False})
+
+
+def test_rename_rules_cover_only_known_prefixes() -> None:
+    # each rule must be used by at least one released key, so none is dead
+    state, _ = _released_state_dict()
+    for rule in LEGACY_RENAME_RULES:
+        assert any(rule.apply(k) != k for k in state), rule.pattern

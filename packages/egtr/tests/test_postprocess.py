@@ -1,0 +1,97 @@
+"""Post-processing on hand-built tensors: object scores, top-K triplets, pixel boxes, graphs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from egtr.postprocess import boxes_to_pixels, build_scene_graph, object_scores, top_triplets
+
+
+def test_object_scores_softmax_and_sigmoid() -> None:
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    scores, labels = object_scores(logits)
+    assert labels.tolist() == [0, 2]
+    e = math.exp(2.0)
+    assert scores[0].item() == pytest.approx(e / (e + 2))
+    scores_sig, labels_sig = object_scores(logits, "sigmoid")
+    assert labels_sig.tolist() == [0, 2]
+    assert scores_sig[1].item() == pytest.approx(1 / (1 + math.exp(-1.0)))
+    with pytest.raises(ValueError, match="softmax"):
+        object_scores(logits, "max")
+
+
+def _hand_built() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    obj = torch.tensor([1.0, 0.5, 0.8])
+    rel = torch.zeros(3, 3, 2)
+    rel[0, 1] = torch.tensor([0.9, 0.2])  # best p0: 0.9 * 1.0 * 0.5 = 0.45 (conn 1)
+    rel[1, 2] = torch.tensor([0.1, 0.6])  # best p1: 0.6 * 0.5 * 0.8 = 0.24
+    rel[2, 0] = torch.tensor([0.7, 0.5])  # best p0: 0.7 * 0.8 * 1.0 * conn 0.5 = 0.28
+    rel[0, 0] = torch.tensor([1.0, 1.0])  # diagonal: never reported
+    conn = torch.ones(3, 3)
+    conn[2, 0] = 0.5
+    return obj, rel, conn
+
+
+def test_graph_constrained_top_k_pairs_with_argmax_predicate() -> None:
+    obj, rel, conn = _hand_built()
+    trip = top_triplets(obj, rel, conn, top_k=3)
+    assert trip.subjects.tolist() == [0, 2, 1]
+    assert trip.objects.tolist() == [1, 0, 2]
+    assert trip.predicates.tolist() == [0, 0, 1]
+    torch.testing.assert_close(trip.scores, torch.tensor([0.45, 0.28, 0.24]))
+    assert top_triplets(obj, rel, conn, top_k=1).subjects.tolist() == [0]
+    # all 6 off-diagonal pairs at most, never (i, i)
+    full = top_triplets(obj, rel, conn, top_k=100)
+    assert len(full.scores) == 6
+    assert all(s != o for s, o in zip(full.subjects.tolist(), full.objects.tolist(), strict=True))
+
+
+def test_unconstrained_ranks_every_predicate() -> None:
+    obj, rel, conn = _hand_built()
+    trip = top_triplets(obj, rel, conn, top_k=4, graph_constrained=False)
+    got = list(
+        zip(trip.subjects.tolist(), trip.objects.tolist(), trip.predicates.tolist(), strict=True)
+    )
+    # 0.45 (0,1,p0), 0.28 (2,0,p0), 0.24 (1,2,p1), 0.2 (2,0,p1)=0.5*0.8*0.5
+    assert got == [(0, 1, 0), (2, 0, 0), (1, 2, 1), (2, 0, 1)]
+    torch.testing.assert_close(trip.scores, torch.tensor([0.45, 0.28, 0.24, 0.2]))
+    assert len(top_triplets(obj, rel, conn, top_k=100, graph_constrained=False).scores) == 12
+
+
+def test_top_triplets_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="N, N, P"):
+        top_triplets(torch.ones(3), torch.ones(3, 2, 2))
+
+
+def test_boxes_to_pixels() -> None:
+    boxes = torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.25, 0.5, 0.5, 0.2]])
+    px = boxes_to_pixels(boxes, width=200, height=100)
+    torch.testing.assert_close(
+        px, torch.tensor([[0.0, 0.0, 200.0, 100.0], [0.0, 40.0, 100.0, 60.0]])
+    )
+
+
+def test_build_scene_graph_orders_objects_and_relations() -> None:
+    obj_scores_target, rel, conn = _hand_built()
+    # logits whose softmax max equals the target scores is awkward; use sigmoid mode instead
+    logits = torch.full((3, 2), -30.0)
+    labels = [1, 0, 1]
+    for q, (score, label) in enumerate(zip(obj_scores_target.tolist(), labels, strict=True)):
+        logits[q, label] = math.log(score / (1 - score)) if score < 1 else 30.0
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.2, 0.2], [0.9, 0.9, 0.2, 0.2]])
+    graph = build_scene_graph(
+        logits, boxes, rel, conn, (100, 50),
+        object_labels=["cat", "dog"], predicate_labels=["on", "near"],
+        top_k=2, object_score="sigmoid",
+    )  # fmt: skip
+    # relations (0 -on-> 1) and (2 -on-> 0); objects by score: query 0 (1.0), 2 (0.8), 1 (0.5)
+    assert [o.query for o in graph.objects] == [0, 2, 1]
+    assert [o.label_name for o in graph.objects] == ["dog", "dog", "cat"]
+    assert graph.triplets()[0][:3] == ("dog", "on", "cat")
+    assert [(r.subject, r.object) for r in graph.relations] == [(0, 2), (1, 0)]
+    assert graph.relations[0].score == pytest.approx(0.45, abs=1e-5)
+    assert graph.objects[0].box == pytest.approx((40.0, 20.0, 60.0, 30.0))
+    assert graph.image_size == (100, 50)

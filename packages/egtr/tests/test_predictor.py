@@ -1,0 +1,113 @@
+"""EGTRPredictor and preprocessing: batching, pixel coordinates, inputs, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from egtr_testing import make_image
+
+from egtr import EGTRForSceneGraphGeneration, EGTRPredictor, SceneGraph
+from egtr.preprocessing import preprocess, resized_size
+from vl_core.images import ImageLoadError
+
+
+def test_resized_size_follows_detr_rule() -> None:
+    assert resized_size(640, 480) == (1067, 800)
+    assert resized_size(480, 640) == (800, 1067)
+    assert resized_size(2000, 500) == (1333, 333)  # longer side capped
+    assert resized_size(800, 800) == (800, 800)
+    with pytest.raises(ValueError, match="positive"):
+        resized_size(0, 10)
+
+
+def test_preprocess_pads_bottom_right_with_mask() -> None:
+    batch = preprocess([make_image(80, 64), make_image(64, 96)], min_size=64, max_size=96)
+    assert batch.pixel_values.shape == (2, 3, 96, 80)
+    assert batch.original_sizes == ((80, 64), (64, 96))
+    assert batch.pixel_mask[0, :64, :80].all()
+    assert not batch.pixel_mask[0, 64:].any()
+    assert batch.pixel_mask[1, :96, :64].all()
+    assert not batch.pixel_mask[1, :, 64:].any()
+    assert torch.all(batch.pixel_values[0, :, 64:] == 0)
+    # normalised: a mid-grey image maps to (0.5 - mean) / std
+    grey = preprocess([make_image(8, 8).point(lambda _: 128)], min_size=8, max_size=8)
+    expected = (128 / 255 - 0.485) / 0.229
+    assert grey.pixel_values[0, 0, 3, 3].item() == pytest.approx(expected, abs=1e-4)
+
+
+def _assert_graphs_close(a: SceneGraph, b: SceneGraph) -> None:
+    assert a.image_size == b.image_size
+    assert [(o.query, o.label) for o in a.objects] == [(o.query, o.label) for o in b.objects]
+    assert [(r.subject, r.object, r.predicate) for r in a.relations] == [
+        (r.subject, r.object, r.predicate) for r in b.relations
+    ]
+    np.testing.assert_allclose([o.box for o in a.objects], [o.box for o in b.objects], atol=1e-3)
+    np.testing.assert_allclose(
+        [r.score for r in a.relations], [r.score for r in b.relations], atol=1e-5
+    )
+
+
+def test_batched_predictions_equal_one_by_one(tiny_model: EGTRForSceneGraphGeneration) -> None:
+    predictor = EGTRPredictor(tiny_model, device="cpu", top_k=10)
+    images = [make_image(120, 90, 1), make_image(70, 100, 2), make_image(120, 90, 3)]
+    batched = predictor.predict(images, batch_size=3)
+    single = [predictor.predict(image)[0] for image in images]
+    assert len(batched) == 3
+    for a, b in zip(batched, single, strict=True):
+        _assert_graphs_close(a, b)
+    assert len(batched[0].relations) == 10
+
+
+def test_padded_batches_keep_pixel_coordinates(tiny_model: EGTRForSceneGraphGeneration) -> None:
+    predictor = EGTRPredictor(tiny_model, device="cpu", top_k=5, pad_batches=True)
+    images = [make_image(120, 90, 1), make_image(60, 100, 2)]
+    graphs = predictor.predict(images, batch_size=2)
+    for graph, image in zip(graphs, images, strict=True):
+        assert graph.image_size == image.size
+        # boxes are cxcywh in [0, 1] scaled by the ORIGINAL size: centres lie inside the image
+        for obj in graph.objects:
+            cx, cy = (obj.box[0] + obj.box[2]) / 2, (obj.box[1] + obj.box[3]) / 2
+            assert 0 <= cx <= image.width
+            assert 0 <= cy <= image.height
+
+
+def test_boxes_are_scaled_to_each_original_image(tiny_model: EGTRForSceneGraphGeneration) -> None:
+    predictor = EGTRPredictor(tiny_model, device="cpu", top_k=5)
+    small, large = make_image(60, 45, 4), make_image(240, 180, 4)
+    # same content at 4x the size gives the same resized input, so boxes scale by exactly 4
+    large = small.resize((240, 180))
+    g_small, g_large = predictor.predict([small, large], batch_size=2)
+    inputs = preprocess([small, large], min_size=64, max_size=96)
+    assert inputs.pixel_values.shape[-2:] == (64, 85)
+    np.testing.assert_allclose(
+        np.array([o.box for o in g_large.objects]),
+        4 * np.array([o.box for o in g_small.objects]),
+        rtol=0.05, atol=2.0,
+    )  # fmt: skip
+
+
+def test_accepts_paths_arrays_and_directories(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "photo.png"
+    make_image(90, 70, 5).save(path)
+    predictor = EGTRPredictor(tiny_model_dir, device="cpu", top_k=3)
+    from_path = predictor.predict(str(path))[0]
+    from_array = predictor.predict([np.asarray(make_image(90, 70, 5))])[0]
+    _assert_graphs_close(from_path, from_array)
+    assert from_path.objects[0].label_name in {"cat", "dog", "table"}
+
+
+def test_clear_errors(tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path) -> None:
+    predictor = EGTRPredictor(tiny_model, device="cpu")
+    with pytest.raises(ImageLoadError, match=r"missing\.jpg"):
+        predictor.predict(str(tmp_path / "missing.jpg"))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image at all")
+    with pytest.raises(ImageLoadError, match=r"corrupt\.jpg"):
+        predictor.predict(str(corrupt))
+    with pytest.raises(FileNotFoundError, match="not an EGTR model directory"):
+        EGTRPredictor(tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        predictor.predict(make_image(10, 10), batch_size=0)
