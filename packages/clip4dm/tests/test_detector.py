@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,8 +13,8 @@ from PIL import Image
 from torch import Tensor
 
 from clip4dm import CLIP4DM, Detection
+from clip4dm._reference import literal_relevance
 from clip4dm.alignment import align_words, split_words
-from vl_core.capture import Capture
 from vl_core.clip import ClipBackbone
 from vl_core.factory import load_clip
 
@@ -24,42 +24,6 @@ CAPTIONS = [
     'a man in a T-shirt says "don\'t"...',
     "a café with 3 chairs",
 ]
-
-
-def literal_relevance(backbone: ClipBackbone, image: Image.Image, text: str, k: int) -> Tensor:
-    """Spec §1 literally: batch 1, full autograd (parameters too), one autograd.grad per layer."""
-    model = backbone.model
-    model.requires_grad_(True)
-    try:
-        tokens = backbone.tokenize([text])
-        total = backbone.num_text_layers
-        layers = list(range(total - k, total))
-        if backbone.family == "hf":
-            clip = cast(Any, model)
-            image_emb = clip.visual_projection(
-                clip.vision_model(pixel_values=backbone.preprocess([image])).pooler_output
-            )
-            out = clip.text_model(input_ids=tokens.ids, output_attentions=True)
-            text_emb = clip.text_projection(out.pooler_output)
-            attentions = [out.attentions[layer] for layer in layers]
-            s = torch.nn.functional.cosine_similarity(image_emb, text_emb)[0]
-        else:
-            names = [backbone.text_attention_name(layer) for layer in layers]
-            with Capture(model, attentions=names) as cap:
-                image_emb = backbone.encode_image(backbone.preprocess([image]))
-                text_emb = backbone.encode_text(tokens.ids)
-                s = torch.nn.functional.cosine_similarity(image_emb, text_emb)[0]
-                attentions = [cap.attentions[name] for name in names]
-        relevance = torch.zeros(tokens.ids.shape[1], tokens.ids.shape[1], dtype=torch.float64)
-        for attention in attentions:
-            (grad,) = torch.autograd.grad(s, attention, retain_graph=True)
-            relevance += (grad * attention)[0].mean(dim=0).detach()
-        relevance /= k
-        eot = int(tokens.eot[0])
-        return relevance[eot, 1:eot]
-    finally:
-        model.requires_grad_(False)
-        model.zero_grad(set_to_none=True)
 
 
 def _load(family: str, hf_dir: Path, openclip_dir: Path, dtype: torch.dtype) -> ClipBackbone:

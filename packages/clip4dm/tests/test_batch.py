@@ -1,0 +1,316 @@
+"""Batch detection over a pairs JSONL file: error rows, resumption, crash safety."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip4dm import CLIP4DM
+from clip4dm.batch import BatchSummary, PairsError, run_pairs
+from clip4dm.cli import main
+
+
+def _write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    assert text == "" or text.endswith("\n"), "every row must end with a newline"
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _assert_same_detection(row: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert row["caption"] == expected["caption"]
+    assert [w["word"] for w in row["words"]] == [w["word"] for w in expected["words"]]
+    assert [w["score"] for w in row["words"]] == pytest.approx(
+        [w["score"] for w in expected["words"]], rel=1e-4, abs=1e-8
+    )
+    assert [w["word"] for w in row["misaligned"]] == [w["word"] for w in expected["misaligned"]]
+    for key in ("clip_score", "f_clip_score", "negative_sum", "cosine"):
+        assert row[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-8), key
+    assert row["truncated"] == expected["truncated"]
+
+
+@pytest.fixture(scope="module")
+def hf_detector(tiny_hf_dir: Path) -> CLIP4DM:
+    return CLIP4DM(f"hf:{tiny_hf_dir}")
+
+
+@pytest.fixture
+def pairs_file(tmp_path: Path) -> Path:
+    """Nine lines: three good pairs (one without id, one in a sub-folder), a blank line and five
+    bad ones (missing image, non-image file, empty caption, invalid JSON, missing field)."""
+    data = tmp_path / "data"
+    _write_image(data / "cat.png", 1)
+    _write_image(data / "sub" / "dog.jpg", 2, (64, 32))
+    (data / "notes.txt").write_text("this is not an image\n")
+    lines = [
+        json.dumps({"id": "a", "image": "cat.png", "text": "a cat on a red sofa."}),
+        json.dumps({"id": "b", "image": "missing.png", "text": "a dog"}),
+        json.dumps({"id": "c", "image": "notes.txt", "text": "a bird"}),
+        json.dumps({"id": "d", "image": "cat.png", "text": "   "}),
+        '{"id": "e", "image": "cat.png", "text": "a cat',
+        json.dumps({"image": "sub/dog.jpg", "text": 'a dog "running" on grass...'}),
+        "",
+        json.dumps({"id": "g", "text": "no image here"}),
+        json.dumps({"id": 9, "image": str((data / "cat.png").resolve()), "text": "two cats"}),
+    ]
+    path = data / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+GOOD = {"a": ("cat.png", "a cat on a red sofa."), 6: ("sub/dog.jpg", 'a dog "running" on grass...'),
+        9: ("cat.png", "two cats")}  # fmt: skip
+ERRORS = {  # id -> (line, words expected in the message)
+    "b": (2, "no such file"),
+    "c": (3, "not a recognised image format"),
+    "d": (4, "empty"),
+    5: (5, "invalid JSON"),
+    "g": (8, "missing field"),
+}
+
+
+def test_pairs_cli_writes_results_and_error_rows(
+    pairs_file: Path, tiny_hf_dir: Path, hf_detector: CLIP4DM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = pairs_file.parent / "results.jsonl"
+    argv = ["detect", "--pairs", str(pairs_file), "--out", str(out), "--model", f"hf:{tiny_hf_dir}"]
+    assert main([*argv, "--batch-size", "2", "--no-progress"]) == 0
+    assert "3 done, 0 skipped, 5 errors" in capsys.readouterr().out
+    rows = _rows(out)
+    by_id = {row["id"]: row for row in rows}
+    assert len(by_id) == len(rows) == 8
+    for pair_id, (line, message) in ERRORS.items():
+        row = by_id[pair_id]
+        assert set(row) == {"id", "line", "error"}
+        assert row["line"] == line
+        assert message in row["error"]
+    data = pairs_file.parent
+    for pair_id, (image, text) in GOOD.items():
+        row = by_id[pair_id]
+        assert "error" not in row
+        assert Path(row["image"]).resolve() == (data / image).resolve()
+        expected = hf_detector.detect(data / image, text).to_dict()
+        _assert_same_detection(row, expected)
+
+
+def test_rerun_skips_finished_ids_without_loading_the_model(
+    pairs_file: Path, tiny_hf_dir: Path
+) -> None:
+    out = pairs_file.parent / "results.jsonl"
+    detector = CLIP4DM(f"hf:{tiny_hf_dir}")
+    first = run_pairs(pairs_file, out, detector, progress=False)
+    assert (first.done, first.skipped, first.errors) == (3, 0, 5)
+    before = {row["id"]: row for row in _rows(out) if "error" not in row}
+
+    def no_model() -> CLIP4DM:
+        raise AssertionError("the model must not be loaded when only error rows remain")
+
+    # Only the error rows are retried; they fail again without needing the model.
+    second = run_pairs(pairs_file, out, no_model, progress=False)
+    assert (second.done, second.skipped, second.errors, second.retried) == (0, 3, 5, 5)
+    assert second.dropped == []
+    rows = _rows(out)
+    assert len({json.dumps(r["id"]) for r in rows}) == len(rows) == 8
+    assert {r["id"]: r for r in rows if "error" not in r} == before
+
+
+def test_truncated_last_row_is_repaired_and_recomputed(pairs_file: Path, tiny_hf_dir: Path) -> None:
+    out = pairs_file.parent / "results.jsonl"
+    detector = CLIP4DM(f"hf:{tiny_hf_dir}")
+    run_pairs(pairs_file, out, detector, batch_size=2, progress=False)
+    complete = _rows(out)
+    # Simulate a crash mid-write: cut the file in the middle of its last line.
+    data = out.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    out.write_bytes(data[: last_start + (len(data) - last_start) // 2])
+    torn_id = complete[-1]["id"]
+
+    summary = run_pairs(pairs_file, out, detector, batch_size=2, progress=False)
+    assert summary.dropped == [f"line {len(complete)}: truncated last line (interrupted run)"]
+    assert summary.retried == 5
+    rows = _rows(out)  # every line parses
+    ids = [json.dumps(r["id"]) for r in rows]
+    assert len(ids) == len(set(ids)) == 8
+    assert torn_id in {r["id"] for r in rows}
+
+    def key(row: dict[str, Any]) -> str:
+        return json.dumps(row["id"])
+
+    assert sorted(map(key, rows)) == sorted(map(key, complete))
+    final = {key(r): r for r in rows}
+    for row in complete:
+        if "error" in row:
+            assert final[key(row)]["error"] == row["error"]
+        else:
+            _assert_same_detection(final[key(row)], row)
+
+
+def test_last_row_without_newline_is_kept(pairs_file: Path, tiny_hf_dir: Path) -> None:
+    out = pairs_file.parent / "results.jsonl"
+    detector = CLIP4DM(f"hf:{tiny_hf_dir}")
+    run_pairs(pairs_file, out, detector, progress=False)
+    good = [r for r in _rows(out) if "error" not in r]
+    out.write_text("\n".join(json.dumps(r) for r in good), encoding="utf-8")  # no final newline
+    summary = run_pairs(pairs_file, out, detector, progress=False)
+    assert (summary.done, summary.skipped) == (0, 3)
+    assert len(_rows(out)) == 8
+
+
+def test_fixed_error_rows_are_retried(pairs_file: Path, tiny_hf_dir: Path) -> None:
+    out = pairs_file.parent / "results.jsonl"
+    detector = CLIP4DM(f"hf:{tiny_hf_dir}")
+    run_pairs(pairs_file, out, detector, progress=False)
+    _write_image(pairs_file.parent / "missing.png", 3)  # the user fixes the missing image
+    summary = run_pairs(pairs_file, out, detector, progress=False)
+    assert (summary.done, summary.skipped, summary.errors) == (1, 3, 4)
+    rows = {r["id"]: r for r in _rows(out)}
+    assert len(rows) == 8
+    assert "error" not in rows["b"]
+    assert rows["b"]["caption"] == "a dog"
+
+
+def test_images_root_and_duplicate_ids(tmp_path: Path, tiny_hf_dir: Path) -> None:
+    images = tmp_path / "images"
+    _write_image(images / "x.png", 4)
+    pairs = tmp_path / "lists" / "pairs.jsonl"
+    pairs.parent.mkdir()
+    pairs.write_text(
+        json.dumps({"id": 1, "image": "x.png", "text": "a box"})
+        + "\n"
+        + json.dumps({"id": 1, "image": "x.png", "text": "a second box"})
+        + "\n"
+        + json.dumps({"id": "1", "image": "x.png", "text": "a string id is another id"})
+        + "\n"
+    )
+    out = tmp_path / "out" / "results.jsonl"
+    summary = run_pairs(
+        pairs, out, CLIP4DM(f"hf:{tiny_hf_dir}"), images_root=images, progress=False
+    )
+    assert (summary.done, summary.errors) == (2, 1)
+    rows = _rows(out)
+    errors = [r for r in rows if "error" in r]
+    assert errors == [{"id": 1, "line": 2, "error": "duplicate id 1 (first on line 1)"}]
+    assert sorted(str(r["id"]) for r in rows if "error" not in r) == ["1", "1"]
+
+
+class _Result:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"caption": self.text}
+
+
+class _FlakyDetector:
+    """Fails any batch that contains "boom" (and "boom" alone); interrupts on "stop"."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.image_ids: list[list[int]] = []
+
+    def detect(self, image: Image.Image, text: str) -> _Result:
+        if "boom" in text:
+            raise RuntimeError("model exploded")
+        return _Result(text)
+
+    def detect_batch(
+        self,
+        images: Sequence[Image.Image],
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> list[_Result]:
+        self.batches.append(list(texts))
+        self.image_ids.append([id(image) for image in images])
+        if any("stop" in t for t in texts):
+            raise KeyboardInterrupt
+        if any("boom" in t for t in texts):
+            raise RuntimeError("batch failed")
+        return [_Result(t) for t in texts]
+
+
+def _simple_pairs(tmp_path: Path, texts: Sequence[str]) -> Path:
+    _write_image(tmp_path / "p.png", 5, (8, 8))
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"image": "p.png", "text": t}) + "\n" for t in texts))
+    return path
+
+
+def test_failing_batch_falls_back_to_single_pairs(tmp_path: Path) -> None:
+    pairs = _simple_pairs(tmp_path, ["one", "two boom", "three", "four", "five"])
+    out = tmp_path / "results.jsonl"
+    fake = _FlakyDetector()
+    summary = run_pairs(pairs, out, fake, batch_size=3, progress=False)
+    assert (summary.done, summary.errors) == (4, 1)
+    assert fake.batches == [["one", "two boom", "three"], ["four", "five"]]
+    # All pairs use the same file: within a batch they share one loaded image (encoded once).
+    assert [len(set(ids)) for ids in fake.image_ids] == [1, 1]
+    rows = {r["id"]: r for r in _rows(out)}
+    assert rows[2] == {"id": 2, "line": 2, "error": "model exploded"}
+    assert [rows[i]["caption"] for i in (1, 3, 4, 5)] == ["one", "three", "four", "five"]
+
+
+def test_interrupted_run_keeps_finished_rows_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pairs = _simple_pairs(tmp_path, ["one", "two", "three stop", "four"])
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_pairs(pairs, out, _FlakyDetector(), batch_size=2, progress=False)
+    assert [r["id"] for r in _rows(out)] == [1, 2]
+
+    # Through the CLI, an interrupt is reported in one line (exit 130), not a traceback.
+    import clip4dm.cli as cli
+
+    monkeypatch.setattr(cli, "_build_detector", lambda args: _FlakyDetector())
+    assert main(["detect", "--pairs", str(pairs), "--out", str(out), "--no-progress"]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+
+    pairs.write_text(pairs.read_text().replace("three stop", "three"))
+    summary = run_pairs(pairs, out, _FlakyDetector(), batch_size=2, progress=False)
+    assert (summary.done, summary.skipped) == (2, 2)
+    assert sorted(r["id"] for r in _rows(out)) == [1, 2, 3, 4]
+
+
+def test_missing_pairs_file_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(PairsError, match="not found"):
+        run_pairs(tmp_path / "nope.jsonl", tmp_path / "out.jsonl", _FlakyDetector())
+    code = main(["detect", "--pairs", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not found" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_summary_text() -> None:
+    assert str(BatchSummary(done=3, skipped=2, errors=1)) == "3 done, 2 skipped, 1 errors"
+
+
+def test_unavailable_model_fails_cleanly_without_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pairs = _simple_pairs(tmp_path, ["a cat"])
+    out = tmp_path / "results.jsonl"
+    argv = ["detect", "--pairs", str(pairs), "--out", str(out), "--no-progress"]
+    assert main(argv) == 2  # the default hub model cannot be had offline
+    err = capsys.readouterr().err
+    assert "cannot load model" in err
+    assert "Traceback" not in err
+    assert not out.exists()
