@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,7 +12,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from vl_core.clip import ClipBackbone
-from vl_core.hub import hub_errors, is_offline
+from vl_core.hub import hub_errors, is_offline, looks_like_path
 from vl_core.tokens import ClipTokenizer
 
 _HINT = (
@@ -19,6 +20,20 @@ _HINT = (
     "model.safetensors and the tokenizer/preprocessor files, e.g. one written by "
     "`CLIPModel.save_pretrained(dir)` + `CLIPProcessor.save_pretrained(dir)`"
 )
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide transformers' weight-loading progress bars (they clutter CLI output), then restore."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 class HFTokenizer(ClipTokenizer):
@@ -36,6 +51,9 @@ class HFTokenizer(ClipTokenizer):
             pad_id=int(pad) if pad is not None else eot,
         )
         self._id_to_token = {int(i): str(t) for t, i in vocab.items()}
+        # A literal "<|endoftext|>" in user text must stay text, not become the control token
+        # (CLIP pools at the first end-of-text id); open_clip's tokenizer behaves so too.
+        tokenizer.backend_tokenizer.encode_special_tokens = True
 
     def encode(self, text: str) -> list[int]:
         # the backend tokenizer directly: no python-side warning about the model's max length
@@ -48,7 +66,8 @@ class HFTokenizer(ClipTokenizer):
 
     def normalize(self, text: str) -> str:
         normalizer = self._tok.backend_tokenizer.normalizer
-        return str(normalizer.normalize_str(text)) if normalizer is not None else text.lower()
+        text = str(normalizer.normalize_str(text)) if normalizer is not None else text.lower()
+        return text.strip()  # as open_clip's cleaning; the pre-tokenizer drops edge spaces anyway
 
 
 class HFClipBackbone(ClipBackbone):
@@ -69,9 +88,11 @@ class HFClipBackbone(ClipBackbone):
         local = Path(source).expanduser()
         if local.exists() and not (local / "config.json").is_file():
             raise FileNotFoundError(f"{local} has no config.json: not an HF CLIP model directory")
+        if not local.exists() and looks_like_path(source):
+            raise FileNotFoundError(f"no such HF model directory: {local}")
         kwargs: dict[str, Any] = {"local_files_only": is_offline() or local.is_dir()}
         where = str(local) if local.is_dir() else source
-        with hub_errors(source, _HINT):
+        with hub_errors(f"hf:{source}", _HINT), _quiet_progress():
             model = CLIPModel.from_pretrained(where, attn_implementation="eager", **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             processor = CLIPImageProcessor.from_pretrained(where, **kwargs)

@@ -54,7 +54,13 @@ def parse_openclip_source(source: str) -> tuple[str, str | None]:
         return source, None
     path = Path(source).expanduser()
     if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} has no open_clip_config.json: not an open_clip model directory"
+            )
         return f"local-dir:{path}", None
+    if source.startswith(("/", ".", "~")):  # architecture names never start like a path
+        raise FileNotFoundError(f"no such open_clip model directory: {path}")
     arch, sep, rest = source.partition("/")
     if not sep or not rest:
         raise ValueError(
@@ -85,6 +91,12 @@ class OpenClipBackbone(ClipBackbone):
         import open_clip
 
         model_name, pretrained = parse_openclip_source(source)
+        if pretrained is not None and model_name not in open_clip.list_models():
+            raise ValueError(
+                f"unknown open_clip architecture {model_name!r} in {source!r}; "
+                "see open_clip.list_models() (or register a JSON config with "
+                "open_clip.add_model_config)"
+            )
         looks_like_file = pretrained is not None and ("/" in pretrained or Path(pretrained).suffix)
         if looks_like_file and not Path(str(pretrained)).expanduser().is_file():
             raise FileNotFoundError(f"open_clip checkpoint file not found: {pretrained}")

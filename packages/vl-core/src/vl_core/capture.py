@@ -183,7 +183,7 @@ class Capture:
             for name in self.attention_names:
                 self._attach_attention(name)
             for name in self.output_names:  # after swapping: a swapped module's probe is hooked
-                module = self.model.get_submodule(name)
+                module = self._probes[name] if name in self._probes else self._modules[name]
                 self._handles.append(module.register_forward_hook(self._output_hook(name)))
         except BaseException:
             self._restore()

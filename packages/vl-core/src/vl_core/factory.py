@@ -39,9 +39,15 @@ def split_name(name: str) -> tuple[str, str]:
         return "hf", name
     if path.is_dir() and (path / "open_clip_config.json").is_file():
         return "openclip", name
+    if path.is_dir():
+        problem = f"directory {name!r} holds neither config.json (HF) nor open_clip_config.json"
+    elif sep and prefix.isidentifier():
+        problem = f"unknown model family {prefix!r} in {name!r}"
+    else:
+        problem = f"unknown model {name!r} (neither family-prefixed nor an existing directory)"
     raise ValueError(
-        f"unknown model {name!r}: use one of {[p + ':...' for p in available_families()]} "
-        "or a local directory with an HF config.json"
+        f"{problem}: use one of {[p + ':...' for p in available_families()]} "
+        "or a local model directory"
     )
 
 

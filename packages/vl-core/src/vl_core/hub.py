@@ -16,6 +16,11 @@ class ModelNotAvailableError(OSError):
         super().__init__(f"cannot load model {name!r}: {reason}. {hint}")
 
 
+def looks_like_path(name: str) -> bool:
+    """True for names that can only be filesystem paths, never hub ids (``namespace/name``)."""
+    return name.startswith(("/", ".", "~", "\\")) or name.count("/") > 1 or ":" in name
+
+
 def is_offline() -> bool:
     """True when the HF hub is switched off by the usual environment variables."""
     truthy = {"1", "true", "yes", "on"}
@@ -26,10 +31,38 @@ def is_offline() -> bool:
 
 
 @contextmanager
-def hub_errors(name: str, hint: str) -> Iterator[None]:
-    """Re-raise network/cache errors from hub clients as :class:`ModelNotAvailableError`."""
+def _hub_client_offline() -> Iterator[None]:
+    """Make ``huggingface_hub`` honour an offline switch set after it was imported.
+
+    The hub client reads ``HF_HUB_OFFLINE`` once, at import; open_clip and timm call it without a
+    ``local_files_only`` flag. Without this, setting the variable later (a test, a notebook) would
+    leave them retrying the network for a minute instead of failing at once.
+    """
+    if not is_offline():
+        yield
+        return
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+@contextmanager
+def hub_errors(name: str, hint: str) -> Iterator[None]:
+    """Re-raise network/cache errors from hub clients as :class:`ModelNotAvailableError`.
+
+    Also puts the hub client offline for the duration when the environment asks for it.
+    """
+    try:
+        with _hub_client_offline():
+            yield
     except ModelNotAvailableError:
         raise
     except (OSError, ValueError, RuntimeError) as exc:  # hub clients raise subclasses of these

@@ -35,8 +35,22 @@ def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, [(a, b) for a, b in merges]
 
 
-def make_tiny_hf_clip(directory: str | Path, *, seed: int = 0, layers: int = TINY_LAYERS) -> Path:
-    """Write a random tiny ``CLIPModel`` + tokenizer + image processor to ``directory``."""
+#: Real CLIP shapes (text width/layers/heads, vision width/layers/heads, patch, image, embed dim).
+CLIP_SHAPES: dict[str, dict[str, int]] = {
+    "tiny": {"tw": TINY_WIDTH, "tl": TINY_LAYERS, "th": TINY_HEADS, "vw": TINY_WIDTH, "vl": 2,
+             "vh": TINY_HEADS, "patch": TINY_PATCH, "image": TINY_IMAGE, "embed": TINY_EMBED},
+    "vit-b-32": {"tw": 512, "tl": 12, "th": 8, "vw": 768, "vl": 12, "vh": 12, "patch": 32,
+                 "image": 224, "embed": 512},
+    "vit-l-14": {"tw": 768, "tl": 12, "th": 12, "vw": 1024, "vl": 24, "vh": 16, "patch": 14,
+                 "image": 224, "embed": 768},
+}  # fmt: skip
+
+
+def make_tiny_hf_clip(
+    directory: str | Path, *, seed: int = 0, layers: int = TINY_LAYERS, shape: str = "tiny"
+) -> Path:
+    """Write a random ``CLIPModel`` (tiny by default, or a real CLIP ``shape`` from
+    :data:`CLIP_SHAPES`) + tokenizer + image processor to ``directory``."""
     from transformers import (
         CLIPConfig,
         CLIPImageProcessor,
@@ -49,29 +63,30 @@ def make_tiny_hf_clip(directory: str | Path, *, seed: int = 0, layers: int = TIN
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     vocab, merges = _clip_bpe()
+    dims = CLIP_SHAPES[shape]
     text = CLIPTextConfig(
         vocab_size=len(vocab),
-        hidden_size=TINY_WIDTH,
-        intermediate_size=4 * TINY_WIDTH,
-        num_hidden_layers=layers,
-        num_attention_heads=TINY_HEADS,
+        hidden_size=dims["tw"],
+        intermediate_size=4 * dims["tw"],
+        num_hidden_layers=layers if shape == "tiny" else dims["tl"],
+        num_attention_heads=dims["th"],
         max_position_embeddings=77,
-        projection_dim=TINY_EMBED,
+        projection_dim=dims["embed"],
         bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"],
     )
     vision = CLIPVisionConfig(
-        hidden_size=TINY_WIDTH,
-        intermediate_size=4 * TINY_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=TINY_HEADS,
-        image_size=TINY_IMAGE,
-        patch_size=TINY_PATCH,
-        projection_dim=TINY_EMBED,
+        hidden_size=dims["vw"],
+        intermediate_size=4 * dims["vw"],
+        num_hidden_layers=dims["vl"],
+        num_attention_heads=dims["vh"],
+        image_size=dims["image"],
+        patch_size=dims["patch"],
+        projection_dim=dims["embed"],
     )
     config = CLIPConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=TINY_EMBED
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=dims["embed"]
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
@@ -79,8 +94,8 @@ def make_tiny_hf_clip(directory: str | Path, *, seed: int = 0, layers: int = TIN
     model.save_pretrained(out)
     CLIPTokenizer(vocab=vocab, merges=cast(Any, merges), model_max_length=77).save_pretrained(out)
     CLIPImageProcessor(
-        size={"shortest_edge": TINY_IMAGE},
-        crop_size={"height": TINY_IMAGE, "width": TINY_IMAGE},
+        size={"shortest_edge": dims["image"]},
+        crop_size={"height": dims["image"], "width": dims["image"]},
     ).save_pretrained(out)
     return out
 
