@@ -21,17 +21,39 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from clip4dm import CLIP4DM
+from clip4dm._reference import literal_relevance
 from vl_core import load_clip, resolve_device, resolve_dtype
 from vl_core.clip import ClipBackbone
 from vl_core.testing import make_tiny_hf_clip
 
-from clip4dm import CLIP4DM
-from clip4dm._reference import literal_relevance
+WORDS = [
+    "a",
+    "red",
+    "dog",
+    "cat",
+    "sits",
+    "on",
+    "the",
+    "wooden",
+    "table",
+    "next",
+    "to",
+    "two",
+    "blue",
+    "cups",
+    "of",
+    "coffee",
+    "in",
+    "a",
+    "kitchen",
+]
 
-WORDS = "a red dog cat sits on the wooden table next to two blue cups of coffee in a kitchen".split()
 
-
-def make_inputs(pairs: int, captions_per_image: int, seed: int = 0) -> tuple[list[Image.Image], list[str]]:
+def make_inputs(
+    pairs: int, captions_per_image: int, seed: int = 0
+) -> tuple[list[Image.Image], list[str]]:
     rng = np.random.default_rng(seed)
     distinct = [
         Image.fromarray(rng.integers(0, 255, (256, 320, 3), dtype=np.uint8))
@@ -57,21 +79,29 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return best
 
 
-def clipscore_forward(backbone: ClipBackbone, images: list[Image.Image], texts: list[str], batch: int) -> None:
+def clipscore_forward(
+    backbone: ClipBackbone, images: list[Image.Image], texts: list[str], batch: int
+) -> None:
     with torch.no_grad():
         for start in range(0, len(texts), batch):
             pixels = backbone.preprocess(images[start : start + batch])
-            tokens = backbone.tokenize(["A photo depicts " + t for t in texts[start : start + batch]])
+            tokens = backbone.tokenize(
+                ["A photo depicts " + t for t in texts[start : start + batch]]
+            )
             backbone.cosine(backbone.encode_image(pixels), backbone.encode_text(tokens.ids))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shape", default="vit-b-32", choices=["tiny", "vit-b-32", "vit-l-14"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--literal-pairs", type=int, default=8, help="pairs timed for the slow baseline")
+    parser.add_argument(
+        "--literal-pairs", type=int, default=8, help="pairs timed for the slow baseline"
+    )
     parser.add_argument("--captions-per-image", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16])
     parser.add_argument("--repeats", type=int, default=2)
@@ -99,8 +129,12 @@ def main() -> None:
     literal_pps = lit_n / lit_time
     rows = []
     for batch in args.batch_sizes:
-        fast = timed(lambda b=batch: detector.detect_batch(images, texts, batch_size=b), device, args.repeats)
-        plain = timed(lambda b=batch: clipscore_forward(backbone, images, texts, b), device, args.repeats)
+        fast = timed(
+            lambda b=batch: detector.detect_batch(images, texts, batch_size=b), device, args.repeats
+        )
+        plain = timed(
+            lambda b=batch: clipscore_forward(backbone, images, texts, b), device, args.repeats
+        )
         rows.append(
             {
                 "batch_size": batch,
