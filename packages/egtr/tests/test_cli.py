@@ -71,6 +71,38 @@ def test_predict_json_to_stdout(
     data = json.loads(capsys.readouterr().out)
     assert data[0]["image"] == str(image)
     assert data[0]["relations"]
+    assert len(data[0]["objects"]) == 6  # every query of the tiny model passes the 0.3 default
+    assert main([
+        "predict", str(image), "--model", str(tiny_model_dir), "--json", "--quiet",
+        "--top-k", "1", "--object-threshold", "none",
+    ]) == 0  # fmt: skip
+    (record,) = json.loads(capsys.readouterr().out)
+    assert len(record["objects"]) == 2  # only the two objects of the one relation
+
+
+def test_predict_rejects_a_bad_object_threshold(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "x.jpg", "--model", "m", "--object-threshold", "high"])
+    assert exc.value.code == 2
+    assert "--object-threshold" in capsys.readouterr().err
+
+
+def test_predict_reports_missing_and_corrupt_images(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "graphs.jsonl"
+    code = main([
+        "predict", str(tmp_path / "missing.jpg"), str(corrupt), "--model", str(tiny_model_dir),
+        "--out", str(out), "--quiet",
+    ])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "skipped" in err
+    assert "missing.jpg" in err
+    assert "corrupt.png" in err
+    assert out.read_text() == ""
 
 
 def test_predict_reports_a_bad_model_dir(
@@ -132,3 +164,21 @@ def test_convert_reports_a_wrong_checkpoint(
                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 1
     assert "bad.ckpt" in capsys.readouterr().err
+    # a checkpoint that does not exist
+    code = main(["convert", "--checkpoint", str(tmp_path / "nope.ckpt"), "--config",
+                 str(tmp_path / "config.json"), "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 1
+    assert "nope.ckpt" in capsys.readouterr().err
+
+
+def test_predict_reports_a_corrupt_model_file(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    assert main(["predict", "x.jpg", "--model", str(broken), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot load model" in err

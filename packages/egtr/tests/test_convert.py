@@ -144,7 +144,7 @@ def _legacy_names(state: dict[str, torch.Tensor], decoder_layers: int) -> dict[s
 
 
 def test_converted_tiny_checkpoint_gives_same_outputs(
-    tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
+    tiny_model: EGTRForSceneGraphGeneration, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     legacy = _legacy_names(tiny_model.state_dict(), decoder_layers=2)
     assert "rel_predictor.layers.0.weight" in legacy
@@ -152,11 +152,19 @@ def test_converted_tiny_checkpoint_gives_same_outputs(
     ckpt = _save_lightning(legacy, tmp_path / "tiny.ckpt")
     convert_checkpoint(ckpt, tiny_config(), tmp_path / "out")
     converted = EGTRForSceneGraphGeneration.from_pretrained(tmp_path / "out").eval()
+    # the same weights loaded directly (save_pretrained of the original model)
+    direct = EGTRForSceneGraphGeneration.from_pretrained(tiny_model_dir).eval()
+    ours, theirs = converted.state_dict(), direct.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     pixels = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
-        a, b = tiny_model(pixels), converted(pixels)
+        a, b, c = direct(pixels), converted(pixels), tiny_model(pixels)
     for name in ("logits", "pred_boxes", "pred_rel", "pred_connectivity"):
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0)
+        # the in-memory original: equal up to float rounding (MKL's summation order can depend
+        # on the weights' memory alignment, which differs for memory-mapped safetensors)
+        torch.testing.assert_close(getattr(c, name), getattr(b, name), rtol=1e-4, atol=1e-5)
 
 
 def test_missing_and_unexpected_keys_fail_with_a_list(
@@ -181,6 +189,20 @@ def test_missing_and_unexpected_keys_fail_with_a_list(
             _save_lightning(extra, tmp_path / "e.ckpt"), tiny_config(), tmp_path / "o2"
         )
     assert exc.value.report.unexpected_keys == ("relation_head.rel_mlp.layers.3.weight",)
+
+
+def test_checkpoint_of_another_model_fails_with_the_shapes(
+    tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
+) -> None:
+    # a released checkpoint converted with the wrong config (3 predicates instead of 4)
+    ckpt = _save_lightning(_legacy_names(tiny_model.state_dict(), 2), tmp_path / "w.ckpt")
+    wrong = tiny_config(num_rel_labels=3, rel_labels=["on", "near", "has"])
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches") as exc:
+        convert_checkpoint(ckpt, wrong, tmp_path / "o")
+    mismatched = {key: (got, want) for key, got, want in exc.value.report.shape_mismatches}
+    assert mismatched["triplet_dist"] == ((4, 4, 4), (4, 4, 3))
+    assert mismatched["relation_head.rel_mlp.layers.2.weight"] == ((4, 64), (3, 64))
+    assert not (tmp_path / "o").exists()
 
 
 def test_differing_per_layer_heads_are_refused(

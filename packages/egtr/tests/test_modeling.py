@@ -40,17 +40,19 @@ def test_output_shapes_and_ranges(tiny_model: EGTRForSceneGraphGeneration) -> No
 def test_captured_queries_and_keys_equal_literal_recomputation(
     tiny_model: EGTRForSceneGraphGeneration,
 ) -> None:
+    # inputs of each decoder layer's self-attention, recorded independently of the model's capture
     inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def pre_hook(index: int) -> Any:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            inputs[index] = (args[0], args[1])  # hidden states, query position embeddings
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            inputs[index] = (hidden.clone(), kwargs["position_embeddings"].clone())
 
         return hook
 
     layers = tiny_model.model.decoder.layers
     handles = [
-        layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True)
+        layer.self_attn.register_forward_pre_hook(pre_hook(i), with_kwargs=True)
         for i, layer in enumerate(layers)
     ]
     try:
@@ -61,11 +63,16 @@ def test_captured_queries_and_keys_equal_literal_recomputation(
         for handle in handles:
             handle.remove()
     assert out.decoder_queries.shape == (2, 2, 6, 64)
+    assert out.decoder_keys.shape == (2, 2, 6, 64)
     for index, layer in enumerate(layers):
         hidden, pos = inputs[index]
         attn = layer.self_attn
-        torch.testing.assert_close(out.decoder_queries[:, index], attn.q_proj(hidden + pos))
-        torch.testing.assert_close(out.decoder_keys[:, index], attn.k_proj(hidden + pos))
+        with torch.no_grad():
+            # Q = q_proj(h + pos), K = k_proj(h + pos): unscaled, heads concatenated
+            torch.testing.assert_close(out.decoder_queries[:, index], attn.q_proj(hidden + pos))
+            torch.testing.assert_close(out.decoder_keys[:, index], attn.k_proj(hidden + pos))
+    # the layers differ, so a capture that mixed layers up would fail above
+    assert not torch.allclose(out.decoder_queries[:, 0], out.decoder_queries[:, 1])
 
 
 def test_forward_leaves_no_hooks(tiny_model: EGTRForSceneGraphGeneration) -> None:
@@ -95,6 +102,22 @@ def test_relations_equal_literal_head_plus_frequency_bias(
     ).view(2, 6, 6, 4)
     torch.testing.assert_close(out.rel_logits, rel + bias, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.connectivity_logits, conn, rtol=1e-5, atol=1e-5)
+
+
+def test_literal_relation_head_switch_gives_the_same_outputs(
+    tiny_model: EGTRForSceneGraphGeneration,
+) -> None:
+    pixels, mask = _inputs()
+    with torch.no_grad():
+        ours = tiny_model(pixels, mask)
+        literal = tiny_model(pixels, mask, relation_head_impl="literal")
+    for name in ("rel_logits", "connectivity_logits", "pred_rel", "pred_connectivity"):
+        torch.testing.assert_close(
+            getattr(ours, name), getattr(literal, name), rtol=1e-5, atol=1e-5
+        )
+    torch.testing.assert_close(ours.logits, literal.logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="relation_head_impl"):
+        tiny_model(pixels, mask, relation_head_impl="fast")
 
 
 def test_boxes_follow_reference_points(tiny_model: EGTRForSceneGraphGeneration) -> None:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from egtr import SceneGraph
 from egtr.postprocess import boxes_to_pixels, build_scene_graph, object_scores, top_triplets
 
 
@@ -95,3 +96,46 @@ def test_build_scene_graph_orders_objects_and_relations() -> None:
     assert graph.relations[0].score == pytest.approx(0.45, abs=1e-5)
     assert graph.objects[0].box == pytest.approx((40.0, 20.0, 60.0, 30.0))
     assert graph.image_size == (100, 50)
+
+
+def _boxes() -> torch.Tensor:
+    return torch.rand(6, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+
+
+def _threshold_case(threshold: float | None) -> SceneGraph:
+    # six queries (sigmoid scores below); one relation kept: query 1 (dog) -near-> query 5 (cat)
+    target = [1.0, 0.6, 0.8, 0.5, 0.35, 0.1]
+    labels = [0, 1, 0, 1, 0, 0]
+    logits = torch.full((6, 2), -30.0)
+    for q, (score, label) in enumerate(zip(target, labels, strict=True)):
+        logits[q, label] = math.log(score / (1 - score)) if score < 1 else 30.0
+    rel = torch.zeros(6, 6, 2)
+    rel[1, 5, 1] = 1.0
+    return build_scene_graph(
+        logits, _boxes(), rel, None, (100, 50),
+        object_labels=["cat", "dog"], predicate_labels=["on", "near"],
+        top_k=1, object_score="sigmoid", object_threshold=threshold,
+    )  # fmt: skip
+
+
+def test_object_threshold_adds_confident_standalone_objects() -> None:
+    graph = _threshold_case(0.3)
+    # relation objects (1, 5) plus queries scoring >= 0.3 (0, 2, 3, 4), sorted by score
+    assert [o.query for o in graph.objects] == [0, 2, 1, 3, 4, 5]
+    assert [round(o.score, 4) for o in graph.objects] == [1.0, 0.8, 0.6, 0.5, 0.35, 0.1]
+    (relation,) = graph.relations
+    assert (relation.subject, relation.object) == (2, 5)
+    assert graph.triplets()[0][:3] == ("dog", "near", "cat")
+    assert graph.objects[5].box == pytest.approx(
+        tuple(boxes_to_pixels(_boxes(), 100, 50)[5].tolist())
+    )
+    # the threshold is inclusive (sigmoid(0) is exactly 0.5); higher ones add fewer objects
+    assert [o.query for o in _threshold_case(0.5).objects] == [0, 2, 1, 3, 5]
+    assert [o.query for o in _threshold_case(0.9).objects] == [0, 1, 5]
+
+
+def test_object_threshold_none_keeps_only_relation_objects() -> None:
+    graph = _threshold_case(None)
+    assert [o.query for o in graph.objects] == [1, 5]
+    assert [(r.subject, r.object) for r in graph.relations] == [(0, 1)]
+    assert graph.triplets()[0][:3] == ("dog", "near", "cat")

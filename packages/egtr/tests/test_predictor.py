@@ -82,9 +82,12 @@ def test_boxes_are_scaled_to_each_original_image(tiny_model: EGTRForSceneGraphGe
     g_small, g_large = predictor.predict([small, large], batch_size=2)
     inputs = preprocess([small, large], min_size=64, max_size=96)
     assert inputs.pixel_values.shape[-2:] == (64, 85)
+    # compared query by query: near-tied scores may order the two graphs' objects differently
+    large = sorted(g_large.objects, key=lambda o: o.query)
+    small = sorted(g_small.objects, key=lambda o: o.query)
+    assert [o.query for o in large] == [o.query for o in small]
     np.testing.assert_allclose(
-        np.array([o.box for o in g_large.objects]),
-        4 * np.array([o.box for o in g_small.objects]),
+        np.array([o.box for o in large]), 4 * np.array([o.box for o in small]),
         rtol=0.05, atol=2.0,
     )  # fmt: skip
 
@@ -111,3 +114,51 @@ def test_clear_errors(tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path) -
         EGTRPredictor(tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
         predictor.predict(make_image(10, 10), batch_size=0)
+
+
+def test_object_threshold_lists_standalone_objects(
+    tiny_model: EGTRForSceneGraphGeneration,
+) -> None:
+    image = make_image(90, 70, 6)
+    only_relations = EGTRPredictor(tiny_model, device="cpu", top_k=1, object_threshold=None)
+    (graph,) = only_relations.predict(image)
+    assert len(graph.objects) == 2  # subject and object of the one kept relation
+    # a softmax over 3 classes peaks at >= 1/3, so every query passes a 0.3 threshold
+    (full,) = EGTRPredictor(tiny_model, device="cpu", top_k=1).predict(image)
+    assert len(full.objects) == tiny_model.config.num_queries
+    assert sorted(o.query for o in full.objects) == list(range(tiny_model.config.num_queries))
+    scores = [o.score for o in full.objects]
+    assert scores == sorted(scores, reverse=True)
+    # the relation is the same one, re-indexed into the longer object list
+    (a,), (b,) = graph.relations, full.relations
+    assert (a.predicate, a.score) == (b.predicate, b.score)
+    assert graph.objects[a.subject].query == full.objects[b.subject].query
+    assert graph.objects[a.object].query == full.objects[b.object].query
+
+
+def test_model_dirs_with_wrong_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from egtr import egtr_visual_genome
+
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    cases = {
+        "missing": {k: v for k, v in weights.items() if k != "relation_head.gate.weight"},
+        "shape": {**weights, "rel_dist": torch.ones(3)},
+    }
+    for name, state in cases.items():
+        broken = tmp_path / name
+        shutil.copytree(tiny_model_dir, broken)
+        save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+        key = "relation_head.gate.weight" if name == "missing" else "rel_dist"
+        with pytest.raises(ValueError, match=key):
+            EGTRPredictor(broken, device="cpu")
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(tiny_model_dir, unreadable)
+    (unreadable / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="cannot read the EGTR model"):
+        EGTRPredictor(unreadable, device="cpu")
+    with pytest.raises(ValueError, match="cannot read the EGTR model"):
+        egtr_visual_genome(weights=unreadable)

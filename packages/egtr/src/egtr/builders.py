@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from egtr.configuration import EGTRConfig
 from egtr.modeling import EGTRForSceneGraphGeneration
 
@@ -39,12 +41,40 @@ def _build(
             f"weights={str(weights)!r} is not a local EGTR model directory (no config.json); "
             "nothing is downloaded — convert a released checkpoint with `egtr convert` first"
         )
-    model = EGTRForSceneGraphGeneration.from_pretrained(path)
+    model = load_pretrained(path)
     loaded = model.config
     expected = (config.num_object_labels, config.num_rel_labels)
     if (loaded.num_object_labels, loaded.num_rel_labels) != expected:
         raise ValueError(
             f"{str(path)!r} holds a model with {loaded.num_object_labels} objects / "
             f"{loaded.num_rel_labels} predicates, expected {expected[0]} / {expected[1]}"
+        )
+    return model
+
+
+def load_pretrained(path: str | os.PathLike[str]) -> EGTRForSceneGraphGeneration:
+    """Load a model directory strictly: every weight present, readable and of the right shape.
+
+    ``from_pretrained`` alone would random-initialise missing weights with only a warning; here
+    unreadable weights and missing, unexpected or wrongly shaped keys raise ``ValueError``.
+    """
+    try:
+        loaded: tuple[EGTRForSceneGraphGeneration, dict[str, Any]] = (
+            EGTRForSceneGraphGeneration.from_pretrained(  # type: ignore[assignment]
+                path, output_loading_info=True, ignore_mismatched_sizes=True
+            )
+        )
+    except (OSError, SafetensorError) as exc:
+        raise ValueError(f"cannot read the EGTR model in {str(path)!r}: {exc}") from exc
+    model, info = loaded
+    problems = {
+        kind: sorted(str(key) for key in info.get(kind) or ())
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems or info.get("error_msgs"):
+        raise ValueError(
+            f"{str(path)!r} does not hold weights for its config.json (a different model?): "
+            f"{problems or info['error_msgs']}"
         )
     return model

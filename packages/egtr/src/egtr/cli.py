@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from egtr import __version__
+from egtr.scene_graph import DEFAULT_OBJECT_THRESHOLD
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,7 +71,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         predictor = EGTRPredictor(
             args.model, device=args.device, dtype=args.dtype, top_k=args.top_k,
-            graph_constrained=not args.unconstrained,
+            graph_constrained=not args.unconstrained, object_threshold=args.object_threshold,
         )  # fmt: skip
     except (FileNotFoundError, OSError, ValueError) as exc:
         print(f"egtr predict: cannot load model: {exc}", file=sys.stderr)
@@ -135,6 +136,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold(text: str) -> float | None:
+    """``--object-threshold``: a score in [0, 1], or ``none``."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a score in [0, 1] or 'none', got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="egtr",
@@ -157,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, default=None, help="relations per image (default 100)"
     )
     predict.add_argument("--unconstrained", action="store_true", help="several predicates per pair")
+    predict.add_argument(
+        "--object-threshold", type=_threshold, default=DEFAULT_OBJECT_THRESHOLD, metavar="SCORE",
+        help="also list objects scoring at least SCORE without a relation "
+        f"(default {DEFAULT_OBJECT_THRESHOLD}; 'none': only objects of kept relations)",
+    )  # fmt: skip
     predict.add_argument("--batch-size", type=int, default=1)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--dtype", default="auto")
@@ -175,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions (for bug reports), or a model directory's summary")
     info.add_argument("model", nargs="?", help="model directory")
     info.set_defaults(func=_cmd_info)
+    from egtr.evaluation.cli import add_eval_parser
+    from egtr.training.cli import add_train_parser
+
+    add_train_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

@@ -18,10 +18,12 @@ from transformers import initialization as init
 from transformers.utils.generic import ModelOutput
 
 from egtr.configuration import EGTRConfig
-from egtr.relation_head import PredictionMLP, RelationHead
+from egtr.relation_head import PredictionMLP, RelationHead, literal_relation_logits
 from vl_core.capture import Capture
 
 _PRIOR_PROB = 0.01
+
+RELATION_HEAD_IMPLS = ("factorised", "literal")
 
 
 @dataclass
@@ -36,6 +38,9 @@ class EGTROutput(ModelOutput):
     last_hidden_state: the decoder output ``[B, N, d]``.
     decoder_queries / decoder_keys: captured self-attention ``q_proj``/``k_proj`` outputs of each
         decoder layer, ``[B, L, N, d]`` (unscaled, heads concatenated).
+    auxiliary_logits / auxiliary_pred_boxes: class logits ``[B, L-1, N, C]`` and boxes
+        ``[B, L-1, N, 4]`` of decoder layers ``0..L-2`` through the shared heads (only with
+        ``output_auxiliary=True``; training's auxiliary losses).
     """
 
     logits: Tensor | None = None
@@ -47,6 +52,8 @@ class EGTROutput(ModelOutput):
     last_hidden_state: Tensor | None = None
     decoder_queries: Tensor | None = None
     decoder_keys: Tensor | None = None
+    auxiliary_logits: Tensor | None = None
+    auxiliary_pred_boxes: Tensor | None = None
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -123,8 +130,28 @@ class EGTRForSceneGraphGeneration(EGTRPreTrainedModel):  # type: ignore[no-untyp
                 self.rel_dist.copy_(rel_dist)
 
     def forward(
-        self, pixel_values: Tensor, pixel_mask: Tensor | None = None, **kwargs: Any
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        *,
+        relation_head_impl: str = "factorised",
+        detector_only: bool = False,
+        output_auxiliary: bool = False,
+        **kwargs: Any,
     ) -> EGTROutput:
+        """Detect objects and relations.
+
+        ``detector_only=True`` skips the relation head (relation outputs are ``None``; detector
+        pre-training). ``output_auxiliary=True`` adds the per-layer ``auxiliary_*`` outputs.
+
+        ``relation_head_impl="literal"`` builds the ``[B, N, N, L+1, 2d]`` pair tensor
+        (:func:`~egtr.relation_head.literal_relation_logits`) instead of the factorised head:
+        same numbers, far more memory; for tests and benchmarks only.
+        """
+        if relation_head_impl not in RELATION_HEAD_IMPLS:
+            raise ValueError(
+                f"relation_head_impl must be one of {RELATION_HEAD_IMPLS}, got {relation_head_impl!r}"
+            )
         query_names, key_names = self.capture_names()
         with Capture(self, outputs=[*query_names, *key_names]) as cap:
             outputs = self.model(pixel_values=pixel_values, pixel_mask=pixel_mask, **kwargs)
@@ -134,11 +161,27 @@ class EGTRForSceneGraphGeneration(EGTRPreTrainedModel):  # type: ignore[no-untyp
 
         logits = self.class_embed(hidden)
         reference = outputs.intermediate_reference_points[:, -1]  # [B, N, 2]
-        delta = self.bbox_embed(hidden)
-        offset = torch.cat([inverse_sigmoid(reference), torch.zeros_like(reference)], dim=-1)
-        boxes = torch.sigmoid(delta + offset)
+        boxes = self._predict_boxes(hidden, reference)
+        aux_logits = aux_boxes = None
+        if output_auxiliary:  # no box refinement: every layer shares the reference points
+            intermediate = outputs.intermediate_hidden_states[:, :-1]  # [B, L-1, N, d]
+            aux_logits = self.class_embed(intermediate)
+            aux_boxes = self._predict_boxes(intermediate, reference.unsqueeze(1))
+        if detector_only:
+            return EGTROutput(
+                logits=logits,
+                pred_boxes=boxes,
+                last_hidden_state=hidden,
+                auxiliary_logits=aux_logits,
+                auxiliary_pred_boxes=aux_boxes,
+            )
 
-        rel_logits, conn_logits = self.relation_head(queries, keys, hidden)
+        if relation_head_impl == "literal":
+            rel_logits, conn_logits = literal_relation_logits(
+                self.relation_head, queries, keys, hidden
+            )
+        else:
+            rel_logits, conn_logits = self.relation_head(queries, keys, hidden)
         if self.config.use_freq_bias:
             rel_logits = rel_logits + self.frequency_bias(logits)
         if self.config.use_logit_adjustment:
@@ -154,7 +197,15 @@ class EGTRForSceneGraphGeneration(EGTRPreTrainedModel):  # type: ignore[no-untyp
             last_hidden_state=hidden,
             decoder_queries=queries,
             decoder_keys=keys,
+            auxiliary_logits=aux_logits,
+            auxiliary_pred_boxes=aux_boxes,
         )
+
+    def _predict_boxes(self, hidden: Tensor, reference: Tensor) -> Tensor:
+        """``sigmoid(bbox_embed(hidden) + [inverse_sigmoid(reference), 0, 0])`` (cxcywh)."""
+        reference = reference.expand(*hidden.shape[:-1], reference.shape[-1])
+        offset = torch.cat([inverse_sigmoid(reference), torch.zeros_like(reference)], dim=-1)
+        return torch.sigmoid(self.bbox_embed(hidden) + offset)
 
     def frequency_bias(self, class_logits: Tensor) -> Tensor:
         """``triplet_dist[c_i, c_j]`` for every pair, ``c = argmax`` of the class logits."""

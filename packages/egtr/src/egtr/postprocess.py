@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from egtr.scene_graph import Relation, SceneGraph, SceneObject
+from egtr.scene_graph import DEFAULT_OBJECT_THRESHOLD, Relation, SceneGraph, SceneObject
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,20 @@ def build_scene_graph(
     top_k: int = 100,
     graph_constrained: bool = True,
     object_score: str = "softmax",
+    object_threshold: float | None = DEFAULT_OBJECT_THRESHOLD,
 ) -> SceneGraph:
     """One image's :class:`SceneGraph` from its outputs (``image_size`` = original ``(w, h)``).
 
-    Objects are those taking part in a kept relation, sorted by score; relations keep the
-    triplet order (best first).
+    Objects are those taking part in a kept relation plus, unless ``object_threshold`` is
+    ``None``, every query whose object score is ``>= object_threshold`` (standalone objects),
+    sorted by score; relations keep the triplet order (best first) and index into the objects.
     """
     scores, labels = object_scores(logits, object_score)
     trip = top_triplets(scores, rel, connectivity, top_k=top_k, graph_constrained=graph_constrained)
     pixel_boxes = boxes_to_pixels(boxes, *image_size).tolist()
     used = set(trip.subjects.tolist()) | set(trip.objects.tolist())
+    if object_threshold is not None:
+        used |= set((scores >= object_threshold).nonzero().flatten().tolist())
     score_list = scores.tolist()
     label_list = labels.tolist()
     queries = sorted(used, key=lambda q: (-score_list[q], q))

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from egtr.builders import load_pretrained
 from egtr.modeling import EGTRForSceneGraphGeneration
 from egtr.postprocess import build_scene_graph
 from egtr.preprocessing import preprocess, resized_size
-from egtr.scene_graph import SceneGraph
+from egtr.scene_graph import DEFAULT_OBJECT_THRESHOLD, SceneGraph
 from vl_core.devices import DeviceLike, DTypeLike, resolve_device, resolve_dtype
 from vl_core.images import ImageSource, load_image
 
@@ -23,7 +24,8 @@ class EGTRPredictor:
     ``model_or_dir`` is a model or a directory written by ``save_pretrained`` / ``egtr convert``.
     ``device`` / ``dtype`` ``"auto"``: CUDA with bf16 (or fp16) when available, else CPU fp32.
     ``top_k``, ``graph_constrained``, ``object_score``, ``min_size`` and ``max_size`` default to the
-    model config's values.
+    model config's values. ``object_threshold``: objects scoring at least this are listed even
+    when no kept relation uses them (``None``: only the objects of kept relations).
 
     Batching: by default only images with the same resized shape share a forward pass, so a
     result never depends on which other images were in the batch (Deformable DETR's input
@@ -43,6 +45,7 @@ class EGTRPredictor:
         min_size: int | None = None,
         max_size: int | None = None,
         pad_batches: bool = False,
+        object_threshold: float | None = DEFAULT_OBJECT_THRESHOLD,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -55,7 +58,7 @@ class EGTRPredictor:
                     f"{str(path)!r} is not an EGTR model directory (no config.json); "
                     "create one with save_pretrained or `egtr convert`"
                 )
-            model = EGTRForSceneGraphGeneration.from_pretrained(path)
+            model = load_pretrained(path)
         model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
         model.eval()  # type: ignore[no-untyped-call]
         self.model = model
@@ -68,6 +71,7 @@ class EGTRPredictor:
         self.min_size = config.image_min_size if min_size is None else min_size
         self.max_size = config.image_max_size if max_size is None else max_size
         self.pad_batches = pad_batches
+        self.object_threshold = object_threshold
 
     def predict(
         self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 1
@@ -132,6 +136,7 @@ class EGTRPredictor:
                     top_k=self.top_k,
                     graph_constrained=self.graph_constrained,
                     object_score=self.object_score,
+                    object_threshold=self.object_threshold,
                 )
             )
         return graphs

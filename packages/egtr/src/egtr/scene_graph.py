@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import networkx
 
+DEFAULT_OBJECT_THRESHOLD = 0.3
+"""Objects scoring at least this are listed in a scene graph even when no kept relation uses them."""
+
 
 @dataclass(frozen=True)
 class SceneObject:
@@ -54,8 +57,10 @@ class Relation:
 class SceneGraph:
     """Objects (sorted by score) and relations between them (sorted by score).
 
-    ``image_size`` is ``(width, height)`` of the original image; relation indices point into
-    ``objects``.
+    ``objects`` holds the objects of the kept relations plus confident standalone objects (score
+    at least the ``object_threshold`` of the post-processing, default
+    :data:`DEFAULT_OBJECT_THRESHOLD`). ``image_size`` is ``(width, height)`` of the original
+    image; relation indices point into ``objects``.
     """
 
     objects: tuple[SceneObject, ...]

@@ -1,0 +1,142 @@
+"""Image + box transforms (``torchvision.transforms.v2`` on ``tv_tensors.BoundingBoxes``).
+
+- Evaluation (``val``/``test``): resize so the shorter side is 800 and the longer at most 1333
+  (exactly :func:`egtr.preprocessing.resized_size`, as :class:`~egtr.EGTRPredictor`), normalise.
+- Training, stage ``"B"`` (EGTR): horizontal flip + multi-scale resize (shorter side 480..800 step
+  32, longer at most 1333). No crop, so no box is ever dropped and relation indices stay valid.
+- Training, stage ``"A"`` (detector pre-training): DETR's augmentation — flip, then either the
+  multi-scale resize or resize to 400/500/600 + a random 384..600 crop + the multi-scale resize.
+  Boxes cropped to nothing are dropped (with their relations, see :mod:`egtr.data`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torchvision.transforms.v2 as v2
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch import Tensor
+from torchvision import tv_tensors
+
+from egtr.preprocessing import IMAGENET_MEAN, IMAGENET_STD, resized_size
+
+Stage = Literal["A", "B", "detector", "egtr"]
+TRAIN_SCALES: tuple[int, ...] = tuple(range(480, 801, 32))
+CROP_PRE_SCALES: tuple[int, ...] = (400, 500, 600)
+_STAGES = {"A": "A", "detector": "A", "B": "B", "egtr": "B"}
+
+
+class SceneGraphTransform:
+    """``(PIL image, boxes xyxy pixels [M, 4]) -> (normalised image [3, H, W], boxes xyxy in the
+    new pixels [M, 4], keep mask [M])``.
+
+    ``transform`` is the ``torchvision.transforms.v2`` pipeline (image + ``BoundingBoxes``);
+    ``keep`` is all true unless ``drop_empty`` (stage A crops), where it marks non-empty boxes.
+    """
+
+    def __init__(self, transform: v2.Transform, *, drop_empty: bool = False) -> None:
+        self.transform = transform
+        self.drop_empty = drop_empty
+
+    def __call__(self, image: Image.Image, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pixels = tv_tensors.Image(TF.pil_to_tensor(image))
+        height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
+        box_tensor = tv_tensors.BoundingBoxes(
+            boxes.float().reshape(-1, 4), format="XYXY", canvas_size=(height, width)
+        )
+        out_pixels, out_boxes = self.transform(pixels, box_tensor)
+        result = out_boxes.as_subclass(Tensor).reshape(-1, 4)
+        if self.drop_empty:
+            keep = (result[:, 2] > result[:, 0]) & (result[:, 3] > result[:, 1])
+        else:
+            keep = torch.ones(len(result), dtype=torch.bool)
+        return out_pixels.as_subclass(Tensor), result, keep
+
+    def __repr__(self) -> str:
+        return f"SceneGraphTransform(drop_empty={self.drop_empty}, transform={self.transform})"
+
+
+class ResizeShorterSide(v2.Transform):  # type: ignore[misc]
+    """Deterministic resize: shorter side ``min_size``, longer at most ``max_size``."""
+
+    def __init__(self, min_size: int = 800, max_size: int | None = 1333) -> None:
+        super().__init__()
+        self.min_size = min_size
+        self.max_size = max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = _image_size(flat_inputs)
+        new_w, new_h = resized_size(width, height, self.min_size, self.max_size)
+        return {"size": [new_h, new_w]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return TF.resize(inpt, params["size"], antialias=True)
+
+
+class RandomSizeCrop(v2.Transform):  # type: ignore[misc]
+    """A random crop with sides drawn in ``[min_size, min(side, max_size)]`` (DETR's)."""
+
+    def __init__(self, min_size: int = 384, max_size: int = 600) -> None:
+        super().__init__()
+        self.min_size = min_size
+        self.max_size = max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = _image_size(flat_inputs)
+        crop_w = _randint(min(self.min_size, width, self.max_size), min(width, self.max_size))
+        crop_h = _randint(min(self.min_size, height, self.max_size), min(height, self.max_size))
+        top = _randint(0, height - crop_h)
+        left = _randint(0, width - crop_w)
+        return {"top": top, "left": left, "height": crop_h, "width": crop_w}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return TF.crop(inpt, params["top"], params["left"], params["height"], params["width"])
+
+
+def build_transforms(
+    split: str,
+    stage: Stage = "B",
+    *,
+    scales: Sequence[int] = TRAIN_SCALES,
+    max_size: int = 1333,
+    test_size: int = 800,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> SceneGraphTransform:
+    """The transforms of ``split`` (``"train"`` random, anything else deterministic) and ``stage``
+    (``"A"``/``"detector"``: with crops; ``"B"``/``"egtr"``: never dropping a box)."""
+    if stage not in _STAGES:
+        raise ValueError(f"stage must be one of {sorted(_STAGES)}, got {stage!r}")
+    normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if split != "train":
+        steps: list[v2.Transform] = [ResizeShorterSide(test_size, max_size)]
+        return SceneGraphTransform(v2.Compose([*steps, *normalise]))
+    multi_scale = v2.RandomShortestSize(list(scales), max_size=max_size, antialias=True)
+    if _STAGES[stage] == "B":
+        steps = [v2.RandomHorizontalFlip(0.5), multi_scale]
+        return SceneGraphTransform(v2.Compose([*steps, *normalise]))
+    crop_branch = v2.Compose(
+        [
+            v2.RandomShortestSize(list(CROP_PRE_SCALES), antialias=True),
+            RandomSizeCrop(384, 600),
+            v2.RandomShortestSize(list(scales), max_size=max_size, antialias=True),
+        ]
+    )
+    steps = [v2.RandomHorizontalFlip(0.5), v2.RandomChoice([multi_scale, crop_branch])]
+    return SceneGraphTransform(v2.Compose([*steps, *normalise]), drop_empty=True)
+
+
+def _image_size(flat_inputs: list[Any]) -> tuple[int, int]:
+    """``(height, width)`` of the image among a transform's inputs."""
+    for item in flat_inputs:
+        if isinstance(item, tv_tensors.Image):
+            return int(item.shape[-2]), int(item.shape[-1])
+    raise TypeError("the transform needs a tv_tensors.Image among its inputs")
+
+
+def _randint(low: int, high: int) -> int:
+    """Uniform integer in ``[low, high]`` from torch's global generator (seeded per worker)."""
+    return int(torch.randint(low, high + 1, ()).item())

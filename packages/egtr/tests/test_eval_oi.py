@@ -1,0 +1,172 @@
+"""Open Images metrics: candidates, microR@50, wmAP_rel/phr and score_wtd against hand-built
+cases and literal loop implementations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_eval_boxes import literal_iou
+from test_eval_sgg_vg import _literal_hit, _random_image
+
+from egtr.evaluation import GroundTruth, OIEvaluator, PredictedTriplets, oi_candidates, voc_ap
+
+
+def test_candidates_match_a_literal_enumeration() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n, p = 5, 4
+    scores = torch.rand(n, generator=gen)
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    boxes = torch.rand(n, 4, generator=gen) * 50
+    rel = torch.rand(n, n, p, generator=gen)
+    rel[1, 2] = 1e-9  # a pair too weak to survive the 1e-5 filter
+    out = oi_candidates(scores, labels, boxes, rel, top_k=30)
+    literal = []
+    for i in range(n):  # every ordered pair, the diagonal included
+        for j in range(n):
+            ranked = sorted(range(p), key=lambda q: -rel[i, j, q].item())[:2]
+            for q in ranked:
+                literal.append((scores[i].item() * scores[j].item() * rel[i, j, q].item(), i, j, q))
+    literal.sort(key=lambda x: -x[0])
+    literal = [c for c in literal[:30] if c[0] > 1e-5]
+    assert len(out) == len(literal) == 30
+    assert out.subjects.tolist() == [c[1] for c in literal]
+    assert out.objects.tolist() == [c[2] for c in literal]
+    assert out.predicates.tolist() == [c[3] for c in literal]
+    assert np.allclose(out.scores, [c[0] for c in literal], rtol=1e-6)
+    few = oi_candidates(scores, labels, boxes, rel, top_k=1000)
+    assert len(few) == 2 * n * n - 2  # all pairs x top-2, minus the filtered weak pair
+    assert (1, 2) not in set(zip(few.subjects.tolist(), few.objects.tolist(), strict=True))
+
+
+def test_voc_ap_by_hand() -> None:
+    # TP, FP, TP over 2 GT: envelope precision 1 up to recall .5, then 2/3
+    assert voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1, 0.5, 2 / 3])) == pytest.approx(5 / 6)
+    assert voc_ap(np.array([]), np.array([])) == 0
+    assert voc_ap(np.array([1.0]), np.array([1.0])) == 1
+
+
+def _hand_case() -> list[tuple[GroundTruth, PredictedTriplets]]:
+    boxes = [[0, 0, 9, 9], [20, 0, 29, 9], [0, 20, 9, 29], [20, 20, 29, 29]]
+    gt_a = GroundTruth.create(boxes, [0, 1, 0, 1], [[0, 1, 0], [2, 3, 0]])
+    pred_a = PredictedTriplets.create(
+        [*boxes, [0, 0, 9, 9]], [0, 1, 0, 1, 0],
+        subjects=[0, 4, 2], objects=[1, 1, 3], predicates=[0, 0, 0], scores=[0.9, 0.8, 0.7],
+    )  # fmt: skip  # the second candidate repeats the first relation: a false positive
+    gt_b = GroundTruth.create([[0, 0, 9, 9], [10, 0, 19, 9]], [2, 2], [[0, 1, 1]])
+    pred_b = PredictedTriplets.create(
+        [[0, 0, 4, 9], [10, 0, 19, 9]], [2, 2], [0], [1], [1], [0.6]
+    )  # subject IoU exactly 0.5: recalled (>=) but not an AP_rel hit (>); union boxes equal
+    return [(gt_a, pred_a), (gt_b, pred_b)]
+
+
+def test_hand_built_metrics() -> None:
+    evaluator = OIEvaluator(3, predicate_names=["p0", "p1", "p2"])
+    for gt, pred in _hand_case():
+        evaluator.add(gt, pred)
+    result = evaluator.compute()
+    assert result["microR@50"] == 1
+    assert evaluator.average_precisions("rel").tolist() == pytest.approx([5 / 6, 0, 0])
+    assert evaluator.average_precisions("phr").tolist() == pytest.approx([5 / 6, 1, 0])
+    assert result["wmAP_rel"] == pytest.approx((5 / 6 * 2 + 0) / 3)
+    assert result["wmAP_phr"] == pytest.approx((5 / 6 * 2 + 1) / 3)
+    assert result["mAP_rel"] == pytest.approx(5 / 12)  # over the two predicates present
+    expected = 0.2 * 1 + 0.4 * result["wmAP_rel"] + 0.4 * result["wmAP_phr"]
+    assert result["score_wtd"] == pytest.approx(expected)
+    assert result["per_predicate"]["p1"] == {"gt": 1, "AP_rel": 0, "AP_phr": 1}
+    assert "p2" not in result["per_predicate"]
+    assert (result["images"], result["gt_relations"]) == (2, 3)
+
+
+def test_recall_counts_only_the_first_50() -> None:
+    gt, pred = _hand_case()[1]
+    filler = PredictedTriplets.create(
+        pred.boxes, pred.labels, [1] * 50 + [0], [0] * 50 + [1], [1] * 51,
+        np.linspace(1, 0.5, 51),
+    )  # fmt: skip
+    evaluator = OIEvaluator(3)
+    evaluator.add(gt, filler)
+    assert evaluator.compute()["microR@50"] == 0
+    empty = OIEvaluator(3).compute()
+    assert math.isnan(empty["microR@50"])
+    assert math.isnan(empty["score_wtd"])
+
+
+def _literal_union(a: np.ndarray, b: np.ndarray) -> list[float]:
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+
+
+def _literal_ap(images: list[tuple[GroundTruth, PredictedTriplets]], c: int, kind: str) -> float:
+    dets = [
+        (float(pred.scores[t]), i, t)
+        for i, (_, pred) in enumerate(images)
+        for t in range(len(pred))
+        if pred.predicates[t] == c
+    ]
+    dets.sort(key=lambda d: -d[0])  # stable: image order, then rank, among equal scores
+    npos = sum(int((gt.rels[:, 2] == c).sum()) for gt, _ in images)
+    visited: set[tuple[int, int]] = set()
+    tp, fp = [], []
+    for _, i, t in dets:
+        gt, pred = images[i]
+        ps, po = pred.subjects[t], pred.objects[t]
+        best, best_g = -math.inf, -1
+        for g in range(len(gt.rels)):
+            s, o, p = gt.rels[g]
+            if p != c:
+                continue
+            ov = 0.0
+            if gt.labels[s] == pred.labels[ps] and gt.labels[o] == pred.labels[po]:
+                if kind == "rel":
+                    ov = min(literal_iou(list(gt.boxes[s]), list(pred.boxes[ps])),
+                             literal_iou(list(gt.boxes[o]), list(pred.boxes[po])))  # fmt: skip
+                else:
+                    ov = literal_iou(_literal_union(gt.boxes[s], gt.boxes[o]),
+                                     _literal_union(pred.boxes[ps], pred.boxes[po]))  # fmt: skip
+            if ov > best:
+                best, best_g = ov, g
+        if best > 0.5 and (i, best_g) not in visited:
+            visited.add((i, best_g))
+            tp.append(1)
+            fp.append(0)
+        else:
+            tp.append(0)
+            fp.append(1)
+    rec, prec, tps, fps = [], [], 0, 0
+    for a, b in zip(tp, fp, strict=True):
+        tps, fps = tps + a, fps + b
+        rec.append(tps / npos)
+        prec.append(tps / (tps + fps))
+    mrec, mpre = [0.0, *rec, 1.0], [0.0, *prec, 0.0]
+    for i in range(len(mpre) - 1, 0, -1):
+        mpre[i - 1] = max(mpre[i - 1], mpre[i])
+    return sum((mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1))
+
+
+def test_matches_literal_implementations_on_random_data() -> None:
+    rng = np.random.default_rng(3)
+    images = []
+    for _ in range(30):
+        gt, pred = _random_image(rng)
+        scores = np.sort(rng.random(len(pred)))[::-1]
+        images.append((gt, PredictedTriplets.create(
+            pred.boxes, pred.labels, pred.subjects, pred.objects, pred.predicates, scores)))  # fmt: skip
+    evaluator = OIEvaluator(4, recall_k=25)
+    for gt, pred in images:
+        evaluator.add(gt, pred)
+    result = evaluator.compute()
+    matched = sum(
+        any(_literal_hit(gt, g, pred, t) for t in range(min(25, len(pred))))
+        for gt, pred in images
+        for g in range(len(gt.rels))
+    )
+    total = sum(len(gt.rels) for gt, _ in images)
+    assert result["microR@25"] == pytest.approx(matched / total)
+    npos = np.array([sum(int((gt.rels[:, 2] == c).sum()) for gt, _ in images) for c in range(4)])
+    for kind in ("rel", "phr"):
+        literal = np.array([_literal_ap(images, c, kind) for c in range(4)])
+        assert evaluator.average_precisions(kind) == pytest.approx(literal)
+        assert result[f"wmAP_{kind}"] == pytest.approx((literal * npos).sum() / npos.sum())
+        assert 0.05 < result[f"wmAP_{kind}"] < 0.95
