@@ -11,6 +11,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    # Test models are tiny: one intra-op thread avoids oversubscription (and is much faster on
+    # a busy 2-core machine). Subprocesses started by tests set their own.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,10 @@ def test_forward_leaves_no_hooks(tiny_model: EGTRForSceneGraphGeneration) -> Non
 def test_relations_equal_literal_head_plus_frequency_bias(
     tiny_model: EGTRForSceneGraphGeneration,
 ) -> None:
+    # float64 isolates the construction from fp32 rounding (sums are reordered by the factorisation)
+    tiny_model = copy.deepcopy(tiny_model).double()
     pixels, mask = _inputs()
+    pixels = pixels.double()
     with torch.no_grad():
         out = tiny_model(pixels, mask)
         rel, conn = literal_relation_logits(
@@ -100,8 +104,8 @@ def test_relations_equal_literal_head_plus_frequency_bias(
             for i in range(6)
         ]
     ).view(2, 6, 6, 4)
-    torch.testing.assert_close(out.rel_logits, rel + bias, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.connectivity_logits, conn, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.rel_logits, rel + bias, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.connectivity_logits, conn, rtol=1e-10, atol=1e-10)
 
 
 def test_literal_relation_head_switch_gives_the_same_outputs(
@@ -112,8 +116,9 @@ def test_literal_relation_head_switch_gives_the_same_outputs(
         ours = tiny_model(pixels, mask)
         literal = tiny_model(pixels, mask, relation_head_impl="literal")
     for name in ("rel_logits", "connectivity_logits", "pred_rel", "pred_connectivity"):
+        # fp32: the factorised sums are reordered, so agreement is to fp32 rounding of O(1) values
         torch.testing.assert_close(
-            getattr(ours, name), getattr(literal, name), rtol=1e-5, atol=1e-5
+            getattr(ours, name), getattr(literal, name), rtol=1e-4, atol=1e-4
         )
     torch.testing.assert_close(ours.logits, literal.logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="relation_head_impl"):
