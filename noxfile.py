@@ -32,6 +32,7 @@ DEV = [
     "types-tqdm",
     "types-PyYAML",
     "PyYAML>=6",
+    "scikit-learn>=1.3",  # cross-check of the AP implementation in tests
 ]
 MEMBERS = {
     "vl-core": "packages/vl-core[openclip,timm]",

@@ -17,11 +17,12 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from clip4dm.jsonl import ResultsFileError, RowWriter, error_text, id_key, load_existing
 from vl_core.images import load_image
 
 __all__ = ["BatchSummary", "DetectionLike", "DetectorLike", "PairsError", "run_pairs"]
@@ -50,7 +51,7 @@ class DetectorLike(Protocol):
     ) -> Sequence[DetectionLike]: ...
 
 
-class PairsError(ValueError):
+class PairsError(ResultsFileError):
     """The pairs or output file as a whole cannot be used (not one bad line: those become rows)."""
 
 
@@ -84,11 +85,6 @@ class _BadLine:
     line: int
     id: PairId
     error: str
-
-
-def _id_key(value: object) -> str:
-    """A hashable key under which ``1`` and ``"1"`` stay distinct ids."""
-    return json.dumps(value)
 
 
 def _parse_line(raw: str, line: int, root: Path) -> _Pair | _BadLine:
@@ -134,7 +130,7 @@ def _read_pairs(pairs_path: Path, root: Path) -> list[_Pair | _BadLine]:
             continue
         entry = _parse_line(raw, number, root)
         if isinstance(entry, _Pair):
-            key = _id_key(entry.id)
+            key = id_key(entry.id)
             if key in first_line:
                 entry = _BadLine(
                     number, entry.id, f"duplicate id {entry.id!r} (first on line {first_line[key]})"
@@ -143,88 +139,6 @@ def _read_pairs(pairs_path: Path, root: Path) -> list[_Pair | _BadLine]:
                 first_line[key] = number
         entries.append(entry)
     return entries
-
-
-def _load_existing(out_path: Path) -> tuple[set[str], int, list[str]]:
-    """Ids already scored in ``out_path``; rewrites the file without torn, invalid or error rows.
-
-    Returns the done ids, the number of error rows taken out (to retry), and a description of
-    each unusable line dropped.
-    """
-    if not out_path.exists():
-        return set(), 0, []
-    try:
-        data = out_path.read_bytes()
-    except OSError as exc:
-        raise PairsError(f"cannot read output file {str(out_path)!r}: {exc}") from exc
-    kept: list[str] = []
-    done: set[str] = set()
-    dropped: list[str] = []
-    retried = 0
-    lines = data.split(b"\n")
-    clean_end = data.endswith(b"\n") or not data
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            torn = number == len(lines) and not clean_end
-            what = "truncated last line (interrupted run)" if torn else "invalid JSON"
-            dropped.append(f"line {number}: {what}")
-            continue
-        if not isinstance(row, dict) or "id" not in row:
-            dropped.append(f"line {number}: not a result row")
-            continue
-        if "error" in row:
-            retried += 1
-            continue
-        kept.append(json.dumps(row, ensure_ascii=False))
-        done.add(_id_key(row["id"]))
-    if dropped or retried or not clean_end:
-        _atomic_rewrite(out_path, kept)
-    return done, retried, dropped
-
-
-def _atomic_rewrite(path: Path, rows: Sequence[str]) -> None:
-    """Replace ``path`` by ``rows`` (one per line) through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(row + "\n" for row in rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-class _RowWriter:
-    """Appends rows to the output, each as one complete line in one write, flushed at once.
-
-    The file is opened (created) at the first row, so a run that fails before producing any
-    row leaves no empty output behind.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._handle: IO[bytes] | None = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self._handle is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self._path.open("ab", buffering=0)
-        view = memoryview((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-        while view:  # an unbuffered write may be partial; finish the line before anything else
-            view = view[self._handle.write(view) :]
-        self._handle.flush()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-def _error_text(exc: BaseException) -> str:
-    message = str(exc)
-    return message if message else type(exc).__name__
 
 
 def run_pairs(
@@ -248,11 +162,11 @@ def run_pairs(
     pairs_file, out_file = Path(pairs_path), Path(out_path)
     root = Path(images_root).expanduser() if images_root is not None else pairs_file.parent
     entries = _read_pairs(pairs_file, root)
-    done_ids, retried, dropped = _load_existing(out_file)
+    done_ids, retried, dropped = load_existing(out_file)
     summary = BatchSummary(retried=retried, dropped=dropped)
     todo: list[_Pair | _BadLine] = []
     for entry in entries:
-        if isinstance(entry, _Pair) and _id_key(entry.id) in done_ids:
+        if isinstance(entry, _Pair) and id_key(entry.id) in done_ids:
             summary.skipped += 1
         else:
             todo.append(entry)
@@ -261,7 +175,7 @@ def run_pairs(
 
     resolved: DetectorLike | None = None
 
-    writer = _RowWriter(out_file)
+    writer = RowWriter(out_file)
     with (
         contextlib.closing(writer),
         tqdm(total=len(todo), desc="clip4dm", unit="pair", disable=not progress) as bar,
@@ -299,7 +213,7 @@ def run_pairs(
                 try:
                     image = loaded[entry.path] = load_image(entry.path)
                 except (ValueError, OSError) as exc:
-                    record_error(entry.line, entry.id, _error_text(exc))
+                    record_error(entry.line, entry.id, error_text(exc))
                     continue
             ready.append((entry, image))
             if len(ready) >= batch_size:
@@ -311,7 +225,7 @@ def run_pairs(
 def _score_chunk(
     detector: DetectorLike,
     batch: Sequence[tuple[_Pair, Image.Image]],
-    writer: _RowWriter,
+    writer: RowWriter,
     summary: BatchSummary,
 ) -> None:
     """Score one batch; if it raises as a whole, score its pairs one by one to isolate the cause."""
@@ -326,7 +240,7 @@ def _score_chunk(
             try:
                 single = detector.detect(image, pair.text)
             except Exception as exc:
-                writer.write({"id": pair.id, "line": pair.line, "error": _error_text(exc)})
+                writer.write({"id": pair.id, "line": pair.line, "error": error_text(exc)})
                 summary.errors += 1
             else:
                 writer.write(_result_row(pair, single))

@@ -175,6 +175,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 def _detect_pairs(args: argparse.Namespace) -> int:
     from clip4dm.batch import PairsError, run_pairs
+    from clip4dm.jsonl import ResultsFileError
 
     if args.image is not None or args.text is not None:
         raise CliError("give either IMAGE TEXT or --pairs, not both")
@@ -193,7 +194,7 @@ def _detect_pairs(args: argparse.Namespace) -> int:
             images_root=args.images_root,
             progress=not args.no_progress,
         )
-    except PairsError as exc:
+    except (PairsError, ResultsFileError) as exc:
         raise CliError(str(exc)) from exc
     except KeyboardInterrupt:
         print(
@@ -435,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print package, torch and device versions (for bug reports)")
     info.set_defaults(func=_cmd_info)
+
+    from clip4dm.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
