@@ -123,6 +123,13 @@ def bench(session: nox.Session) -> None:
         _run(session, "python", script)
 
 
+@nox.session(venv_backend="none")
+def demo(session: nox.Session) -> None:
+    """Offline demo: clip4dm and egtr on the shipped sample images with the shipped shapes-world
+    models (tools/demo.py); writes JSON, HTML and PNG files to demo-output/ and prints the path."""
+    _run(session, "python", str(ROOT / "tools" / "demo.py"), *session.posargs)
+
+
 @nox.session
 def build(session: nox.Session) -> None:
     """Build wheels + sdists, install the wheels into a fresh environment, import and run CLIs."""

@@ -1,0 +1,138 @@
+"""Offline end-to-end demo on the shipped shapes-world models (run by ``nox -s demo``).
+
+- clip4dm with the shipped CLIP (``shared/models/clip-shapes``): ``clip4dm detect`` on the sample
+  image/caption pairs (each FOIL caption and its original), ``clip4dm visualize`` of the results as
+  one HTML page and of one foil as a PNG figure;
+- egtr with the shipped EGTR (``shared/models/egtr-shapes``): ``egtr predict --draw`` on the
+  sample images (JSON lines + one PNG drawing per image).
+
+Everything runs on the CPU from files in this repository; nothing is downloaded. Outputs go to
+``--out`` (default ``demo-output/``), whose path is printed at the end.
+
+Usage::
+
+    nox -s demo                     # installs the packages first (shared environment)
+    python tools/demo.py [--out DIR] (with clip4dm and egtr installed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "shared" / "world" / "samples"
+CLIP_MODEL = ROOT / "shared" / "models" / "clip-shapes"
+EGTR_MODEL = ROOT / "shared" / "models" / "egtr-shapes"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-output", help="output folder")
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    os.environ.update(OFFLINE)
+
+    clip_ran = run_clip4dm(out / "clip4dm")
+    run_egtr(out / "egtr")
+    print()
+    if not clip_ran:
+        print(f"clip4dm part SKIPPED: no shipped CLIP at {_rel(CLIP_MODEL)}")
+    print(f"demo outputs (JSON, HTML, PNG): {out}")
+    return 0
+
+
+def run_clip4dm(out: Path) -> bool:
+    """``clip4dm detect`` + ``visualize`` on the sample pairs; ``False`` if the model is absent."""
+    if not (CLIP_MODEL / "config.json").is_file():
+        print(
+            f"== clip4dm: skipped, the shipped CLIP is missing ({_rel(CLIP_MODEL)} "
+            "has no config.json)",
+            flush=True,
+        )
+        return False
+    out.mkdir(parents=True)
+    model = ["--model", f"hf:{_rel(CLIP_MODEL)}", "--device", "cpu"]
+    pairs = SAMPLES / "pairs" / "test.jsonl"
+    results = out / "detect.jsonl"
+    print("== clip4dm: misaligned words of the sample captions (shipped CLIP)", flush=True)
+    _cli("clip4dm", "detect", "--pairs", _rel(pairs), "--out", _rel(results),
+         "--mode", "most_negative", "--no-progress", *model)  # fmt: skip
+    _cli("clip4dm", "visualize", "--from", _rel(results), "--out", _rel(out / "pairs.html"))
+    rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines()]
+    foil = next(row for row in rows if row.get("foil_word"))
+    image = _rel((pairs.parent / foil["image"]).resolve())
+    one = _cli("clip4dm", "detect", image, foil["text"], "--json", "--mode", "most_negative",
+               *model, capture=True)  # fmt: skip
+    (out / "detect-one.json").write_text(one, encoding="utf-8")
+    _cli("clip4dm", "visualize", image, foil["text"], "--out", _rel(out / "foil.png"),
+         "--mode", "most_negative", *model)  # fmt: skip
+    truth = {str(row["id"]): row.get("foil_word") for row in rows}
+    for row in _read_jsonl(results):
+        print(f"  {_summary(row)}   (foil word: {truth.get(str(row.get('id'))) or '-'})")
+    return True
+
+
+def run_egtr(out: Path) -> None:
+    """``egtr predict --draw`` on the sample images with the shipped EGTR."""
+    if not (EGTR_MODEL / "config.json").is_file():
+        raise SystemExit(f"the shipped EGTR is missing: {EGTR_MODEL}")
+    out.mkdir(parents=True)
+    images = sorted((SAMPLES / "images").glob("*.png"))
+    print("== egtr: scene graphs of the sample images (shipped EGTR)", flush=True)
+    graphs = out / "graphs.jsonl"
+    _cli("egtr", "predict", *(_rel(p) for p in images), "--model", _rel(EGTR_MODEL),
+         "--out", _rel(graphs), "--draw", _rel(out / "drawings"), "--top-k", "20",
+         "--device", "cpu", "--quiet")  # fmt: skip
+    for image, graph in zip(images, _read_jsonl(graphs), strict=True):
+        names = [obj["label_name"] for obj in graph["objects"]]
+        triplets = [
+            f"{names[r['subject']]} {r['predicate_name']} {names[r['object']]}"
+            for r in graph["relations"][:3]
+        ]
+        print(f"  {image.name}: {len(graph['objects'])} objects; " + "; ".join(triplets))
+
+
+def _summary(row: dict[str, Any]) -> str:
+    """``text -> flagged words`` of one ``clip4dm detect --pairs`` row."""
+    if "error" in row:
+        return f"{row.get('id')}: error {row['error']}"
+    flagged = [w["word"] for w in row["misaligned"]]
+    return f"{row['caption']!r}: flagged {flagged}"
+
+
+def _cli(*command: str, capture: bool = False) -> str:
+    """Run an installed console script (from this interpreter's environment) in ROOT."""
+    tool = shutil.which(command[0], path=str(Path(sys.executable).parent)) or command[0]
+    print("  $ " + " ".join(command), flush=True)
+    done = subprocess.run(
+        [tool, *command[1:]], cwd=ROOT, check=True, text=True,
+        stdout=subprocess.PIPE if capture else None,
+    )  # fmt: skip
+    return done.stdout if capture else ""
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to ROOT when inside it (shorter commands), else absolute."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
