@@ -162,3 +162,20 @@ def test_dataloader_batches(tmp_path: Path) -> None:
         h, w = target["size"].tolist()
         assert mask[index].sum() == h * w
         assert mask[index, :h, :w].all()
+
+
+def test_apply_reports_the_flip_it_made() -> None:
+    image, box = _scene()
+    always = SceneGraphTransform(v2.ToDtype(torch.float32, scale=True), hflip=1.0)
+    never = SceneGraphTransform(v2.ToDtype(torch.float32, scale=True))
+    out = always.apply(image, box)
+    assert out.flipped
+    assert torch.equal(
+        out.boxes, torch.stack([120 - box[:, 2], box[:, 1], 120 - box[:, 0], box[:, 3]], 1)
+    )
+    assert not never.apply(image, box).flipped
+    assert torch.equal(never(image, box)[1], box.float())
+    assert build_transforms("train", "B").hflip == build_transforms("train", "A").hflip == 0.5
+    assert build_transforms("test").hflip == 0.0
+    with pytest.raises(ValueError, match="hflip must be a probability"):
+        SceneGraphTransform(v2.Identity(), hflip=1.5)

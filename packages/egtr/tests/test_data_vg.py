@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision.transforms.v2 as v2
 from sgg_data_testing import OBJECTS, PREDICATES, VG_SPLITS, write_tiny_vg
 
-from egtr.data import AnnotationError, VisualGenomeDataset, build_transforms
+from egtr.data import (
+    AnnotationError,
+    SceneGraphTransform,
+    VisualGenomeDataset,
+    build_transforms,
+)
 from egtr.preprocessing import resized_size
 from vl_core.images import ImageNotFoundError
 
@@ -147,3 +153,48 @@ def test_every_split_parses(vg_root: Path) -> None:
         data = VisualGenomeDataset(vg_root, split)
         assert len(data) == len(entries)
         assert "VisualGenomeDataset(split=" in repr(data)
+
+
+def _flip_always() -> SceneGraphTransform:
+    return SceneGraphTransform(v2.ToDtype(torch.float32, scale=True), hflip=1.0)
+
+
+def test_flip_swaps_mirrored_predicates_and_mirrors_boxes(vg_root: Path) -> None:
+    """ "on" <-> "under" stands in for "left of" <-> "right of": a flipped image keeps true rels."""
+    plain = VisualGenomeDataset(vg_root, "train", transforms=build_transforms("val"))
+    flipped = VisualGenomeDataset(
+        vg_root, "train", transforms=_flip_always(), flip_predicates=[["on", "under"]]
+    )
+    unmirrored = VisualGenomeDataset(vg_root, "train", transforms=_flip_always())
+    _, before = plain[0]
+    _, after = flipped[0]
+    on, near, under = (PREDICATES.index(p) for p in ("on", "near", "under"))
+    swap = {on: under, under: on}
+    expected = [[s, o, swap.get(p, p)] for s, o, p in before["rels"].tolist()]
+    assert after["rels"].tolist() == expected
+    assert near in after["rels"][:, 2].tolist()  # other predicates untouched
+    assert unmirrored[0][1]["rels"].tolist() == before["rels"].tolist()
+    boxes = before["boxes"].clone()
+    boxes[:, 0] = 1 - boxes[:, 0]  # cx -> 1 - cx under the flip
+    assert torch.allclose(after["boxes"], boxes, atol=1e-6)
+    assert flipped.records[0].rels.tolist() == plain.records[0].rels.tolist()  # not in place
+
+
+def test_no_flip_no_swap(vg_root: Path) -> None:
+    data = VisualGenomeDataset(vg_root, "train", transforms=build_transforms("val"),
+                               flip_predicates=[["on", "under"]])  # fmt: skip
+    assert data[0][1]["rels"].tolist() == data.records[0].rels.tolist()
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ([["on", "beside"]], "unknown predicate 'beside'"),
+        ([["on", "under"], ["near", "on"]], "'on' appears in more than one pair"),
+        ([["on"]], "must be a pair of names"),
+        (["on"], "must be a pair of names"),
+    ],
+)
+def test_bad_flip_predicates_are_named(vg_root: Path, pairs: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VisualGenomeDataset(vg_root, "train", flip_predicates=pairs)

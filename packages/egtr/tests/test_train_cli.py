@@ -119,3 +119,22 @@ def test_print_config_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ]
     assert main(missing) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_flip_predicates_reach_the_training_set(tmp_path: Path) -> None:
+    from egtr.training.cli import build_datasets
+    from egtr.training.config import load_config
+
+    data = write_tiny_vg(tmp_path / "vg")
+    sets = ["data.root=" + str(data), 'data.flip_predicates=[["on", "under"]]']
+    config = load_config("vg_egtr", sets)
+    train, val, (_, predicates), _ = build_datasets(config)
+    mirror = train.predicate_mirror.tolist()  # type: ignore[attr-defined]
+    assert [predicates[i] for i in mirror] == ["under", "near", "has", "on"]
+    assert val is not None
+    assert val.predicate_mirror.tolist() == mirror  # type: ignore[attr-defined]
+    config = load_config(
+        "vg_egtr", ["data.root=" + str(data), 'data.flip_predicates=[["on", "x"]]']
+    )
+    with pytest.raises(ValueError, match="unknown predicate 'x'"):
+        build_datasets(config)

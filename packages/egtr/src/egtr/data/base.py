@@ -60,6 +60,10 @@ class SceneGraphDataset(Dataset[tuple[Tensor, Target]]):
 
     Subclasses parse a public format into records; :meth:`relations` is the hook for per-load
     relation sampling (Open Images training).
+
+    ``flip_predicates``: pairs of predicate names that trade places when the transform mirrors
+    the image left-right (``[("left of", "right of")]``), so a flipped image keeps true
+    relations. VG150 and Open Images V6 have no such predicate; an unknown name is an error.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class SceneGraphDataset(Dataset[tuple[Tensor, Target]]):
         object_labels: Sequence[str],
         predicate_labels: Sequence[str],
         transforms: SceneGraphTransform,
+        flip_predicates: Sequence[Sequence[str]] = (),
     ) -> None:
         self.records = list(records)
         self.image_dir = Path(image_dir)
@@ -78,6 +83,7 @@ class SceneGraphDataset(Dataset[tuple[Tensor, Target]]):
         self.object_labels = list(object_labels)
         self.predicate_labels = list(predicate_labels)
         self.transforms = transforms
+        self.predicate_mirror = mirror_table(self.predicate_labels, flip_predicates)
 
     @property
     def num_classes(self) -> int:
@@ -120,7 +126,9 @@ class SceneGraphDataset(Dataset[tuple[Tensor, Target]]):
         orig = torch.from_numpy(record.boxes.astype(np.float32).reshape(-1, 4))
         orig = _clip_xyxy(orig, width, height)
         labels = torch.from_numpy(record.labels.astype(np.int64))
-        pixels, boxes, keep = self.transforms(image, orig)
+        pixels, boxes, keep, flipped = self.transforms.apply(image, orig)
+        if flipped and len(rels):
+            rels[:, 2] = self.predicate_mirror[rels[:, 2]]
         if not bool(keep.all()):
             boxes, labels, orig = boxes[keep], labels[keep], orig[keep]
             rels = remap_relations(rels, keep)
@@ -141,6 +149,27 @@ class SceneGraphDataset(Dataset[tuple[Tensor, Target]]):
             f"{type(self).__name__}(split={self.split!r}, images={len(self)}, "
             f"classes={self.num_classes}, predicates={self.num_predicates})"
         )
+
+
+def mirror_table(predicates: Sequence[str], pairs: Sequence[Sequence[str]]) -> Tensor:
+    """``[P]`` predicate index -> its index after a left-right flip (identity but for ``pairs``)."""
+    table = torch.arange(len(predicates))
+    index = {name: i for i, name in enumerate(predicates)}
+    seen: set[str] = set()
+    for pair in pairs:
+        if isinstance(pair, str) or len(pair) != 2:
+            raise ValueError(f"flip_predicates: each entry must be a pair of names, got {pair!r}")
+        for name in pair:
+            if name not in index:
+                raise ValueError(
+                    f"flip_predicates: unknown predicate {name!r}; the data set has {predicates}"
+                )
+            if name in seen:
+                raise ValueError(f"flip_predicates: {name!r} appears in more than one pair")
+            seen.add(name)
+        a, b = index[pair[0]], index[pair[1]]
+        table[a], table[b] = b, a
+    return table
 
 
 def remap_relations(rels: Tensor, keep: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class OpenImagesDataset(SceneGraphDataset):
         image_dir: str | os.PathLike[str] | None = None,
         train_rules: bool | None = None,
         max_boxes: int = 200,
+        flip_predicates: Sequence[Sequence[str]] = (),
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -84,6 +86,7 @@ class OpenImagesDataset(SceneGraphDataset):
             object_labels=object_labels,
             predicate_labels=predicate_labels,
             transforms=transforms if transforms is not None else build_transforms(split, stage),
+            flip_predicates=flip_predicates,
         )
         self.root = root
         self.max_boxes = max_boxes

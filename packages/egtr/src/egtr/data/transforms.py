@@ -4,6 +4,8 @@
   (exactly :func:`egtr.preprocessing.resized_size`, as :class:`~egtr.EGTRPredictor`), normalise.
 - Training, stage ``"B"`` (EGTR): horizontal flip + multi-scale resize (shorter side 480..800 step
   32, longer at most 1333). No crop, so no box is ever dropped and relation indices stay valid.
+  The flip is done by :class:`SceneGraphTransform` itself (``hflip``), which reports it, so a
+  data set can swap mirrored predicates ("left of" / "right of", see ``flip_predicates``).
 - Training, stage ``"A"`` (detector pre-training): DETR's augmentation — flip, then either the
   multi-scale resize or resize to 400/500/600 + a random 384..600 crop + the multi-scale resize.
   Boxes cropped to nothing are dropped (with their relations, see :mod:`egtr.data`).
@@ -12,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torchvision.transforms.v2 as v2
@@ -29,34 +31,62 @@ CROP_PRE_SCALES: tuple[int, ...] = (400, 500, 600)
 _STAGES = {"A": "A", "detector": "A", "B": "B", "egtr": "B"}
 
 
+class Transformed(NamedTuple):
+    """What :meth:`SceneGraphTransform.apply` returns."""
+
+    pixels: Tensor  # normalised image [3, H, W]
+    boxes: Tensor  # xyxy in the new pixels [M, 4]
+    keep: Tensor  # bool [M]
+    flipped: bool  # whether the image was mirrored left-right (``hflip``)
+
+
 class SceneGraphTransform:
     """``(PIL image, boxes xyxy pixels [M, 4]) -> (normalised image [3, H, W], boxes xyxy in the
     new pixels [M, 4], keep mask [M])``.
 
     ``transform`` is the ``torchvision.transforms.v2`` pipeline (image + ``BoundingBoxes``);
     ``keep`` is all true unless ``drop_empty`` (stage A crops), where it marks non-empty boxes.
+    ``hflip`` is the probability of a horizontal flip done *before* ``transform``, drawn from
+    torch's global generator; :meth:`apply` says whether it happened (a flip inside
+    ``transform`` is not reported).
     """
 
-    def __init__(self, transform: v2.Transform, *, drop_empty: bool = False) -> None:
+    def __init__(
+        self, transform: v2.Transform, *, drop_empty: bool = False, hflip: float = 0.0
+    ) -> None:
+        if not 0.0 <= hflip <= 1.0:
+            raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
         self.transform = transform
         self.drop_empty = drop_empty
+        self.hflip = hflip
 
     def __call__(self, image: Image.Image, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.apply(image, boxes)
+        return out.pixels, out.boxes, out.keep
+
+    def apply(self, image: Image.Image, boxes: Tensor) -> Transformed:
+        """As calling the transform, plus whether the image was flipped."""
         pixels = tv_tensors.Image(TF.pil_to_tensor(image))
         height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
         box_tensor = tv_tensors.BoundingBoxes(
             boxes.float().reshape(-1, 4), format="XYXY", canvas_size=(height, width)
         )
+        flipped = self.hflip > 0 and bool(torch.rand(()) < self.hflip)
+        if flipped:
+            pixels, box_tensor = TF.horizontal_flip(pixels), TF.horizontal_flip(box_tensor)
         out_pixels, out_boxes = self.transform(pixels, box_tensor)
         result = out_boxes.as_subclass(Tensor).reshape(-1, 4)
         if self.drop_empty:
             keep = (result[:, 2] > result[:, 0]) & (result[:, 3] > result[:, 1])
         else:
             keep = torch.ones(len(result), dtype=torch.bool)
-        return out_pixels.as_subclass(Tensor), result, keep
+        return Transformed(out_pixels.as_subclass(Tensor), result, keep, flipped)
 
     def __repr__(self) -> str:
-        return f"SceneGraphTransform(drop_empty={self.drop_empty}, transform={self.transform})"
+        return (
+            f"SceneGraphTransform(drop_empty={self.drop_empty}, hflip={self.hflip}, "
+            f"transform={self.transform})"
+        )
 
 
 class ResizeShorterSide(v2.Transform):  # type: ignore[misc]
@@ -116,8 +146,7 @@ def build_transforms(
         return SceneGraphTransform(v2.Compose([*steps, *normalise]))
     multi_scale = v2.RandomShortestSize(list(scales), max_size=max_size, antialias=True)
     if _STAGES[stage] == "B":
-        steps = [v2.RandomHorizontalFlip(0.5), multi_scale]
-        return SceneGraphTransform(v2.Compose([*steps, *normalise]))
+        return SceneGraphTransform(v2.Compose([multi_scale, *normalise]), hflip=0.5)
     crop_branch = v2.Compose(
         [
             v2.RandomShortestSize(list(CROP_PRE_SCALES), antialias=True),
@@ -125,8 +154,8 @@ def build_transforms(
             v2.RandomShortestSize(list(scales), max_size=max_size, antialias=True),
         ]
     )
-    steps = [v2.RandomHorizontalFlip(0.5), v2.RandomChoice([multi_scale, crop_branch])]
-    return SceneGraphTransform(v2.Compose([*steps, *normalise]), drop_empty=True)
+    steps = [v2.RandomChoice([multi_scale, crop_branch])]
+    return SceneGraphTransform(v2.Compose([*steps, *normalise]), drop_empty=True, hflip=0.5)
 
 
 def _image_size(flat_inputs: list[Any]) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ SPLITS = ("train", "val", "test")
 class VisualGenomeDataset(SceneGraphDataset):
     """VG150 scene graphs: ``(image, target)`` items following the :mod:`egtr.data` contract.
 
-    ``transforms`` defaults to ``build_transforms(split, stage)``; ``image_dir`` defaults to
+    ``transforms`` defaults to ``build_transforms(split, stage)``; ``flip_predicates`` are the
+    predicate pairs that a horizontal flip swaps (see :class:`SceneGraphDataset`); ``image_dir`` defaults to
     ``root/images``. Annotations are parsed (and checked) at construction, images at access.
     """
 
@@ -46,6 +48,7 @@ class VisualGenomeDataset(SceneGraphDataset):
         stage: Stage = "B",
         transforms: SceneGraphTransform | None = None,
         image_dir: str | os.PathLike[str] | None = None,
+        flip_predicates: Sequence[Sequence[str]] = (),
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -66,6 +69,7 @@ class VisualGenomeDataset(SceneGraphDataset):
             object_labels=object_labels,
             predicate_labels=predicate_labels,
             transforms=transforms if transforms is not None else build_transforms(split, stage),
+            flip_predicates=flip_predicates,
         )
         self.root = root
 

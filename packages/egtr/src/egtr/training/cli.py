@@ -142,11 +142,15 @@ def build_datasets(
             split, stage, scales=data.train_scales, max_size=data.max_size,
             test_size=data.test_size,
         )  # fmt: skip
+        mirrored = data.flip_predicates
         if data.dataset == "vg":
-            return VisualGenomeDataset(root, split, stage=stage, transforms=transforms)
+            return VisualGenomeDataset(
+                root, split, stage=stage, transforms=transforms, flip_predicates=mirrored
+            )
         return OpenImagesDataset(
-            root, split, stage=stage, transforms=transforms, max_boxes=data.max_boxes
-        )
+            root, split, stage=stage, transforms=transforms, max_boxes=data.max_boxes,
+            flip_predicates=mirrored,
+        )  # fmt: skip
 
     train = make(data.train_split)
     labels = (list(train.object_labels), list(train.predicate_labels))

@@ -39,6 +39,8 @@ class DataConfig:
     max_size: int = 1333  # longer side limit of every resize
     test_size: int = 800  # shorter side at validation
     max_boxes: int = 200  # Open Images training: images with more boxes are dropped
+    # predicate pairs a training flip swaps, e.g. [["left of", "right of"]] (VG150, OI: none)
+    flip_predicates: list[list[str]] = field(default_factory=list)
     max_train_images: int | None = None  # debugging: first N images only
     max_val_images: int | None = None
 
