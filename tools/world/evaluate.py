@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import clip4dm.eval as clip4dm_eval
 from clip4dm import CLIP4DM, Detection, WordScore, f_clip_score, select_misaligned
 
 #: epsilon candidates searched on the validation split (attribution scale of a small model)
@@ -26,25 +27,10 @@ EPSILON_GRID: tuple[float, ...] = (
 
 
 def average_precision(labels: Sequence[bool], scores: Sequence[float]) -> float:
-    """sklearn's ``average_precision_score``: ``Σ_n (R_n − R_{n−1}) P_n`` over score thresholds
-    (ties form one threshold)."""
-    if len(labels) != len(scores):
-        raise ValueError("labels and scores differ in length")
-    positives = sum(bool(x) for x in labels)
-    if positives == 0:
+    """clip4dm's average precision (scikit-learn's definition); at least one positive needed."""
+    ap = clip4dm_eval.average_precision(labels, scores)
+    if ap is None:
         raise ValueError("average precision needs at least one positive")
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    ap, tp, seen, previous_recall = 0.0, 0, 0, 0.0
-    k = 0
-    while k < len(order):
-        threshold = scores[order[k]]
-        while k < len(order) and scores[order[k]] == threshold:
-            tp += bool(labels[order[k]])
-            seen += 1
-            k += 1
-        recall = tp / positives
-        ap += (recall - previous_recall) * (tp / seen)
-        previous_recall = recall
     return ap
 
 
@@ -110,21 +96,35 @@ def foil_metrics(rows: Sequence[dict[str, Any]], detections: Sequence[Detection]
         "LA_by_kind": {k: _mean(v) for k, v in sorted(hits.items()) if k != "all"},
         "AP_F-CLIPScore": average_precision(labels, [d.f_clip_score for d in detections]),
         "AP_CLIPScore": average_precision(labels, [d.clip_score for d in detections]),
+        "pairwise_by_kind": pairwise_by_kind(rows, detections),
     }
     return out
 
 
-def _phrase(selected: Sequence[WordScore]) -> list[WordScore]:
-    """Adjacent selected words merged into phrases; the phrase with the lowest mean score."""
-    phrases: list[list[WordScore]] = []
-    for word in sorted(selected, key=lambda w: w.index):
-        if phrases and phrases[-1][-1].index == word.index - 1:
-            phrases[-1].append(word)
-        else:
-            phrases.append([word])
-    if not phrases:
-        return []
-    return min(phrases, key=lambda p: sum(w.score for w in p) / len(p))
+def pairwise_by_kind(
+    rows: Sequence[dict[str, Any]], detections: Sequence[Detection]
+) -> dict[str, float]:
+    """Per foil kind, the share of foils whose CLIPScore is below that of the original caption(s)
+    of the same image: whether the CLIP itself tells the two apart (0.5 = it cannot)."""
+    originals: dict[str, list[float]] = {}
+    for row, det in zip(rows, detections, strict=True):
+        if not row["foil"]:
+            originals.setdefault(row["image"], []).append(det.clip_score)
+    wins: dict[str, list[float]] = {}
+    for row, det in zip(rows, detections, strict=True):
+        if row["foil"] and row["image"] in originals:
+            scores = originals[row["image"]]
+            won = sum(s > det.clip_score for s in scores) + 0.5 * sum(
+                s == det.clip_score for s in scores
+            )
+            wins.setdefault(row["kind"], []).append(won / len(scores))
+    return {kind: _mean(v) for kind, v in sorted(wins.items())}
+
+
+def _phrase(words: Sequence[WordScore], selected: Sequence[WordScore]) -> list[WordScore]:
+    """The lowest-mean phrase of adjacent selected words (clip4dm eval's HAT rule)."""
+    best = clip4dm_eval.lowest_phrase(clip4dm_eval.merge_phrases(words, selected))
+    return list(best.words) if best is not None else []
 
 
 def hat_metrics(
@@ -141,7 +141,7 @@ def hat_metrics(
         f_scores.append(f_clip_score(negative_sum, det.cosine))
         if not row["hallucinated"]:
             continue
-        phrase = _phrase(chosen)
+        phrase = _phrase(det.words, chosen)
         la.append(_contiguous_in([_clean(w.word) for w in phrase], row["words"]))
         exact.append(bool(phrase) and all(w.index in row["indices"] for w in phrase))
         chance.append(len(row["indices"]) / max(len(det.words), 1))
@@ -221,7 +221,9 @@ def evaluate(
 
 
 def _phrase_ok(row: dict[str, Any], det: Detection) -> bool:
-    return _contiguous_in([_clean(w.word) for w in _phrase(det.misaligned)], row["words"])
+    return _contiguous_in(
+        [_clean(w.word) for w in _phrase(det.words, det.misaligned)], row["words"]
+    )
 
 
 def _contiguous_in(part: Sequence[str], whole: Sequence[str]) -> bool:
