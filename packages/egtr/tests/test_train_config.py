@@ -161,3 +161,21 @@ def test_learning_rate_groups_of_the_model() -> None:
     stage_a = default_config("vg", "detector").train
     groups_a = {g["name"]: g["lr"] for g in parameter_groups(model, stage_a)}
     assert groups_a == {"detector": 1e-4, "backbone": 1e-5}
+
+
+def test_set_below_a_mapping_changes_one_entry() -> None:
+    """``--set model.overrides.KEY=...`` keeps the file's other overrides (nested too)."""
+    source = {"model": {"overrides": {"num_queries": 20, "d_model": 96,
+                                      "backbone_config": {"depths": [1, 1], "layer_type": "basic"}}}}  # fmt: skip
+    config = load_config(source, ["model.overrides.num_queries=7",
+                                  "model.overrides.backbone_config.depths=[2, 2]",
+                                  "model.overrides.new_key.inner=1"])  # fmt: skip
+    assert config.model.overrides == {
+        "num_queries": 7, "d_model": 96,
+        "backbone_config": {"depths": [2, 2], "layer_type": "basic"}, "new_key": {"inner": 1},
+    }  # fmt: skip
+    assert source["model"]["overrides"]["num_queries"] == 20  # the caller's dict is untouched
+    replaced = load_config(source, ["model.overrides={num_queries: 5}"])  # a whole mapping
+    assert replaced.model.overrides == {"num_queries": 5}
+    with pytest.raises(ValueError, match=r"unknown configuration key 'model\.overide'"):
+        load_config(source, ["model.overide.x=1"])

@@ -311,11 +311,35 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
 
 
 def _set_path(config: TrainingConfig, dotted: str, value: Any) -> None:
+    """One ``section.key=value`` override. Below a mapping field (``model.overrides.KEY`` or
+    ``model.overrides.backbone_config.depths``) only that entry changes; the rest is kept."""
     parts = dotted.split(".")
+    owner: Any = config
+    for depth, part in enumerate(parts[:-1]):
+        current = getattr(owner, part, None) if dataclasses.is_dataclass(owner) else None
+        if isinstance(current, dict):
+            merged = _with_entry(current, parts[depth + 1 :], value)
+            _apply(owner, {part: merged}, ".".join(parts[:depth]) + "." if depth else "")
+            return
+        if not dataclasses.is_dataclass(current):
+            break
+        owner = current
     nested: Any = value
     for part in reversed(parts[1:]):
         nested = {part: nested}
     _apply(config, {parts[0]: nested}, "")
+
+
+def _with_entry(mapping: dict[str, Any], keys: list[str], value: Any) -> dict[str, Any]:
+    """A copy of ``mapping`` with ``mapping[k1][k2]... = value`` (missing levels created)."""
+    out = dict(mapping)
+    head = keys[0]
+    if len(keys) == 1:
+        out[head] = value
+    else:
+        inner = out.get(head)
+        out[head] = _with_entry(inner if isinstance(inner, dict) else {}, keys[1:], value)
+    return out
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
