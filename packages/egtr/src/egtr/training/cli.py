@@ -88,6 +88,8 @@ def run_train(args: argparse.Namespace) -> int:
             FileExistsError(f"{args.out} already holds a run; pass --resume or another --out")
         )
     _configure_logging()
+    import torch
+
     from egtr.data import collate
     from egtr.training import distributed
     from egtr.training.model_init import build_training_model
@@ -95,6 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         train_set, val_set, labels, counts = build_datasets(config)
+        # train.seed also fixes a new model's initial weights (every rank builds the same model)
+        torch.manual_seed(config.train.seed)
         model = build_training_model(
             config, object_labels=labels[0], predicate_labels=labels[1], frequency_counts=counts
         )
