@@ -164,14 +164,12 @@ def choose_epsilon(
     grid: Sequence[float] = EPSILON_GRID,
 ) -> float:
     """The grid epsilon with the best HAT LA on these (validation) rows; ties: the better AP."""
-    best = max(
-        grid,
-        key=lambda e: (
-            round(hat_metrics(rows, detections, e)["LA"], 9),
-            hat_metrics(rows, detections, e)["AP_F-CLIPScore"],
-        ),
-    )
-    return float(best)
+
+    def rank(epsilon: float) -> tuple[float, float]:
+        metrics = hat_metrics(rows, detections, epsilon)
+        return round(metrics["LA"], 9), metrics["AP_F-CLIPScore"]
+
+    return float(max(grid, key=rank))
 
 
 def _mean(values: Sequence[bool] | Sequence[float]) -> float:

@@ -32,6 +32,16 @@ SMALL_RUN: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+def _stage_a_config(tmp_path: Path) -> Path:
+    """A stage-A (detector) config file for the tiny model and run."""
+    path = tmp_path / "detector.yaml"
+    path.write_text(yaml.safe_dump({
+        "stage": "detector", **SMALL_RUN,
+        "model": {"pretrained_backbone": False, "overrides": TINY_MODEL},
+    }))  # fmt: skip
+    return path
+
+
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
@@ -42,11 +52,7 @@ def one_thread() -> Iterator[None]:
 
 def test_stage_a_then_stage_b(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_tiny_vg(tmp_path / "vg")
-    stage_a = tmp_path / "detector.yaml"
-    stage_a.write_text(yaml.safe_dump({
-        "stage": "detector", **SMALL_RUN,
-        "model": {"pretrained_backbone": False, "overrides": TINY_MODEL},
-    }))  # fmt: skip
+    stage_a = _stage_a_config(tmp_path)
     run_a = tmp_path / "run-a"
     assert (
         main(
@@ -146,11 +152,7 @@ def test_train_seed_fixes_the_initial_weights(tmp_path: Path) -> None:
     from egtr.training.checkpoint import load_checkpoint
 
     data = write_tiny_vg(tmp_path / "vg")
-    config = tmp_path / "detector.yaml"
-    config.write_text(yaml.safe_dump({
-        "stage": "detector", **SMALL_RUN,
-        "model": {"pretrained_backbone": False, "overrides": TINY_MODEL},
-    }))  # fmt: skip
+    config = _stage_a_config(tmp_path)
 
     def run(name: str, seed: int) -> dict[str, torch.Tensor]:
         out = tmp_path / name
