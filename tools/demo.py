@@ -60,8 +60,18 @@ def run_clip4dm(out: Path) -> None:
     pairs = SAMPLES / "pairs" / "test.jsonl"
     results = out / "detect.jsonl"
     print("== clip4dm: misaligned words of the sample captions (shipped CLIP)", flush=True)
-    _cli("clip4dm", "detect", "--pairs", _rel(pairs), "--out", _rel(results),
-         "--mode", "most_negative", "--no-progress", *model)  # fmt: skip
+    _cli(
+        "clip4dm",
+        "detect",
+        "--pairs",
+        _rel(pairs),
+        "--out",
+        _rel(results),
+        "--mode",
+        "most_negative",
+        "--no-progress",
+        *model,
+    )
     _cli("clip4dm", "visualize", "--from", _rel(results), "--out", _rel(out / "pairs.html"))
     rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines()]
     # the PNG shows a foil the shipped CLIP can see (a colour or shape word; size and relation
@@ -70,11 +80,29 @@ def run_clip4dm(out: Path) -> None:
     visible = {*world["colours"], *world["shapes"]}
     foil = next(row for row in rows if row.get("foil_word") in visible)
     image = _rel((pairs.parent / foil["image"]).resolve())
-    one = _cli("clip4dm", "detect", image, foil["text"], "--json", "--mode", "most_negative",
-               *model, capture=True)  # fmt: skip
+    one = _cli(
+        "clip4dm",
+        "detect",
+        image,
+        foil["text"],
+        "--json",
+        "--mode",
+        "most_negative",
+        *model,
+        capture=True,
+    )
     (out / "detect-one.json").write_text(one, encoding="utf-8")
-    _cli("clip4dm", "visualize", image, foil["text"], "--out", _rel(out / "foil.png"),
-         "--mode", "most_negative", *model)  # fmt: skip
+    _cli(
+        "clip4dm",
+        "visualize",
+        image,
+        foil["text"],
+        "--out",
+        _rel(out / "foil.png"),
+        "--mode",
+        "most_negative",
+        *model,
+    )
     truth = {str(row["id"]): row.get("foil_word") for row in rows}
     for row in _read_jsonl(results):
         print(f"  {_summary(row)}   (foil word: {truth.get(str(row.get('id'))) or '-'})")
@@ -88,9 +116,22 @@ def run_egtr(out: Path) -> None:
     images = sorted((SAMPLES / "images").glob("*.png"))
     print("== egtr: scene graphs of the sample images (shipped EGTR)", flush=True)
     graphs = out / "graphs.jsonl"
-    _cli("egtr", "predict", *(_rel(p) for p in images), "--model", _rel(EGTR_MODEL),
-         "--out", _rel(graphs), "--draw", _rel(out / "drawings"), "--top-k", "20",
-         "--device", "cpu", "--quiet")  # fmt: skip
+    _cli(
+        "egtr",
+        "predict",
+        *(_rel(p) for p in images),
+        "--model",
+        _rel(EGTR_MODEL),
+        "--out",
+        _rel(graphs),
+        "--draw",
+        _rel(out / "drawings"),
+        "--top-k",
+        "20",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     for image, graph in zip(images, _read_jsonl(graphs), strict=True):
         names = [obj["label_name"] for obj in graph["objects"]]
         triplets = [
@@ -113,9 +154,12 @@ def _cli(*command: str, capture: bool = False) -> str:
     tool = shutil.which(command[0], path=str(Path(sys.executable).parent)) or command[0]
     print("  $ " + " ".join(command), flush=True)
     done = subprocess.run(
-        [tool, *command[1:]], cwd=ROOT, check=True, text=True,
+        [tool, *command[1:]],
+        cwd=ROOT,
+        check=True,
+        text=True,
         stdout=subprocess.PIPE if capture else None,
-    )  # fmt: skip
+    )
     return done.stdout if capture else ""
 
 

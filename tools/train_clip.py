@@ -141,8 +141,13 @@ def ensure_world(args: argparse.Namespace) -> Path:
         from tools.world.generate import write_world
 
         print(f"generating {args.train} training images into {world}", flush=True)
-        write_world(world, seed=args.world_seed, counts={"train": args.train},
-                    size=args.world_size, jobs=args.jobs)  # fmt: skip
+        write_world(
+            world,
+            seed=args.world_seed,
+            counts={"train": args.train},
+            size=args.world_size,
+            jobs=args.jobs,
+        )
     return world
 
 
@@ -304,10 +309,14 @@ def make_optimizer(model: Any, args: argparse.Namespace) -> torch.optim.Optimize
         skip = param.dim() < 2 or "embedding" in name or "logit_scale" in name
         (no_decay if skip else decay).append(param)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
-    )  # fmt: skip
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -343,15 +352,25 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         saved = torch.load(checkpoint, weights_only=True)
         trainable.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = {"step": int(saved["step"]), "elapsed": float(saved["elapsed"]),
-                 "log": json.loads(saved["log"])}  # fmt: skip
+        state = {
+            "step": int(saved["step"]),
+            "elapsed": float(saved["elapsed"]),
+            "log": json.loads(saved["log"]),
+        }
         print(f"resumed at step {state['step']}", flush=True)
 
     def save_checkpoint() -> None:
         tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": state["step"], "elapsed": state["elapsed"],
-                    "log": json.dumps(state["log"])}, tmp)  # fmt: skip
+        torch.save(
+            {
+                "model": trainable.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": state["step"],
+                "elapsed": state["elapsed"],
+                "log": json.dumps(state["log"]),
+            },
+            tmp,
+        )
         os.replace(tmp, checkpoint)
 
     # as released: the full token table, not the training subset
@@ -385,18 +404,29 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         state["step"] = step + 1
         state["elapsed"] = time.time() - start
         if state["step"] % args.log_every == 0 or state["step"] == args.steps:
-            entry = {"step": state["step"], "loss": float(np.mean(running)),
-                     "acc_i2t": round(info["acc_i2t"], 3), "scale": round(info["scale"], 2),
-                     "aux": round(info.get("aux", 0.0), 4),
-                     "lr": lr_at(step, args), "minutes": round(state["elapsed"] / 60, 2)}  # fmt: skip
+            entry = {
+                "step": state["step"],
+                "loss": float(np.mean(running)),
+                "acc_i2t": round(info["acc_i2t"], 3),
+                "scale": round(info["scale"], 2),
+                "aux": round(info.get("aux", 0.0), 4),
+                "lr": lr_at(step, args),
+                "minutes": round(state["elapsed"] / 60, 2),
+            }
             state["log"].append(entry)
             running = []
             print(json.dumps(entry), flush=True)
         if state["step"] in args.eval_at:
             paused = time.time()
             interim = work / f"release-{state['step']}"
-            save_release(copy.deepcopy(model).cpu(), tokenizer, processor, interim, args.fp16,
-                         embeddings=True)  # fmt: skip
+            save_release(
+                copy.deepcopy(model).cpu(),
+                tokenizer,
+                processor,
+                interim,
+                args.fp16,
+                embeddings=True,
+            )
             from tools.world.evaluate import evaluate
 
             found = evaluate(f"hf:{interim}", args.eval_world, device=args.device)
@@ -409,9 +439,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     save_checkpoint()
     embeddings.token_embedding = embeddings.token_embedding.write_back()
     save_release(model, tokenizer, processor, Path(args.out), args.fp16)
-    return {"steps": state["step"], "train_minutes": round(state["elapsed"] / 60, 1),
-            "parameters": n_params, "images": len(rows), "trained_tokens": len(vocab),
-            "log": state["log"]}  # fmt: skip
+    return {
+        "steps": state["step"],
+        "train_minutes": round(state["elapsed"] / 60, 1),
+        "parameters": n_params,
+        "images": len(rows),
+        "trained_tokens": len(vocab),
+        "log": state["log"],
+    }
 
 
 def save_release(
@@ -570,8 +605,9 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--world", default="/tmp/shapes-world", help="training world (generated if absent)"
     )
@@ -603,8 +639,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vision-layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--embed", type=int, default=128)
-    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
-                   help="store the released weights in fp16 (clip4dm upcasts on CPU)")  # fmt: skip
+    p.add_argument(
+        "--fp16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store the released weights in fp16 (clip4dm upcasts on CPU)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--tokenizer", help="saved CLIP tokenizer dir (default: build from open_clip)")
     p.add_argument("--jobs", type=int, default=1, help="processes generating the world")

@@ -47,22 +47,45 @@ RANDOM_INIT_SEED = 0
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", type=Path, default=Path("/tmp/egtr-shapes-world"),
-                        help="training world (generated here when missing)")  # fmt: skip
-    parser.add_argument("--train", type=int, default=2000,
-                        help="training images to generate when the world is missing")  # fmt: skip
-    parser.add_argument("--work", type=Path, default=Path("/tmp/egtr-shapes"),
-                        help="runs, baselines and evaluations")  # fmt: skip
+    parser.add_argument(
+        "--world",
+        type=Path,
+        default=Path("/tmp/egtr-shapes-world"),
+        help="training world (generated here when missing)",
+    )
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=2000,
+        help="training images to generate when the world is missing",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/egtr-shapes"),
+        help="runs, baselines and evaluations",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "shared" / "models" / "egtr-shapes")
     parser.add_argument("--test-set", type=Path, default=TEST_SET)
-    parser.add_argument("--stages", default=",".join(STAGES),
-                        help=f"comma-separated subset of {','.join(STAGES)}")  # fmt: skip
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--jobs", type=int, default=2, help="world generation processes")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="passed to both `egtr train` runs")  # fmt: skip
-    parser.add_argument("--export-checkpoint", type=Path, metavar="RUN",
-                        help="only write RUN/checkpoints/last.pt as RUN/exported/ and exit")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to both `egtr train` runs",
+    )
+    parser.add_argument(
+        "--export-checkpoint",
+        type=Path,
+        metavar="RUN",
+        help="only write RUN/checkpoints/last.pt as RUN/exported/ and exit",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,8 +162,19 @@ def ensure_world(world: Path, count: int, jobs: int) -> None:
             raise SystemExit(f"{world} has no vg/train.json")
         print(f"[train_egtr] reusing {world} ({info['counts']['train']} training images)")
         return
-    command = [sys.executable, "-m", "tools.world", "--seed", str(WORLD_SEED), "--out",
-               str(world), "--train", str(count), "--jobs", str(jobs)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tools.world",
+        "--seed",
+        str(WORLD_SEED),
+        "--out",
+        str(world),
+        "--train",
+        str(count),
+        "--jobs",
+        str(jobs),
+    ]
     _run(command)
 
 
@@ -161,8 +195,19 @@ def train(config: Path, data: Path, out: Path, init: Path | None, overrides: lis
     if (out / "final" / "model.safetensors").is_file():
         print(f"[train_egtr] {out} is finished; skipping")
         return False
-    command = ["egtr", "train", "--config", str(config), "--data", str(data), "--out", str(out),
-               "--device", "cpu", "--quiet"]  # fmt: skip
+    command = [
+        "egtr",
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     if init is not None:
         command += ["--init", str(init)]
     for item in overrides:
@@ -226,9 +271,24 @@ def export_checkpoint(run: Path, out: Path) -> Path:
 
 def evaluate(model: Path, test_set: Path, out: Path) -> dict[str, Any]:
     """``egtr eval`` on the test split of the fixed set; returns its ``result.json``."""
-    command = ["egtr", "eval", "--model", str(model), "--data", str(test_set / "vg"),
-               "--image-dir", str(test_set / "images"), "--split", "test", "--out", str(out),
-               "--device", "cpu", "--no-zero-shot", "--quiet"]  # fmt: skip
+    command = [
+        "egtr",
+        "eval",
+        "--model",
+        str(model),
+        "--data",
+        str(test_set / "vg"),
+        "--image-dir",
+        str(test_set / "images"),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-zero-shot",
+        "--quiet",
+    ]
     _run(command)
     result: dict[str, Any] = json.loads((out / "result.json").read_text())
     return result

@@ -294,10 +294,23 @@ def _spawn(
     args: argparse.Namespace, worker: str, part: str, impl: str | None
 ) -> list[dict[str, Any]]:
     command = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--part", part,
-        "--device", args.device, "--dtype", args.dtype, "--queries", str(args.queries),
-        "--image-size", args.image_size, "--repeats", str(args.repeats),
-    ]  # fmt: skip
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        worker,
+        "--part",
+        part,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--queries",
+        str(args.queries),
+        "--image-size",
+        args.image_size,
+        "--repeats",
+        str(args.repeats),
+    ]
     if impl is not None:
         command += ["--impl", impl]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)

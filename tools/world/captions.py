@@ -155,16 +155,21 @@ def foil_candidates(scene: Scene, caption: Caption) -> list[Foil]:
         for kind, target, word, changed in options:
             if word != target and not mention_exists(scene, changed):
                 out.append(
-                    Foil(_with_mention(caption, which, changed), caption, kind,
-                         f"{kind}{which}", target, word)
-                )  # fmt: skip
+                    Foil(
+                        _with_mention(caption, which, changed),
+                        caption,
+                        kind,
+                        f"{kind}{which}",
+                        target,
+                        word,
+                    )
+                )
     if caption.relation in ANTONYM:
         swapped = replace(caption, relation=ANTONYM[caption.relation])
         if not holds(scene, swapped):
             out.append(
-                Foil(swapped, caption, "relation", "relation", caption.relation,
-                     swapped.relation)
-            )  # fmt: skip
+                Foil(swapped, caption, "relation", "relation", caption.relation, swapped.relation)
+            )
     return out
 
 

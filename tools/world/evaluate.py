@@ -44,14 +44,16 @@ def load_foil(root: Path, split: str) -> list[dict[str, Any]]:
     files = {int(im["id"]): im["file_name"] for im in data["images"]}
     rows = []
     for ann in data["annotations"]:
-        rows.append({
-            "image": str(root / "images" / files[int(ann["image_id"])]),
-            "caption": ann["caption"],
-            "foil": bool(ann["foil"]),
-            "foil_word": ann["foil_word"],
-            "index": ann.get("foil_word_index"),
-            "kind": ann.get("foil_kind", "orig"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "image": str(root / "images" / files[int(ann["image_id"])]),
+                "caption": ann["caption"],
+                "foil": bool(ann["foil"]),
+                "foil_word": ann["foil_word"],
+                "index": ann.get("foil_word_index"),
+                "kind": ann.get("foil_kind", "orig"),
+            }
+        )
     return rows
 
 
@@ -61,13 +63,15 @@ def load_hat(root: Path, split: str) -> list[dict[str, Any]]:
     rows = []
     for entry in data:
         grounding = entry["grounding"]
-        rows.append({
-            "image": str(root / "images" / entry["image_path"]),
-            "caption": entry["caption"],
-            "hallucinated": bool(entry["contains_hallucination"]),
-            "words": [_clean(w) for w, bad in grounding if bad],
-            "indices": {i for i, (_, bad) in enumerate(grounding) if bad},
-        })  # fmt: skip
+        rows.append(
+            {
+                "image": str(root / "images" / entry["image_path"]),
+                "caption": entry["caption"],
+                "hallucinated": bool(entry["contains_hallucination"]),
+                "words": [_clean(w) for w, bad in grounding if bad],
+                "indices": {i for i, (_, bad) in enumerate(grounding) if bad},
+            }
+        )
     return rows
 
 
@@ -246,8 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    found = evaluate(args.model, args.world, split=args.split, val_split=args.val_split,
-                     batch_size=args.batch_size, device=args.device)  # fmt: skip
+    found = evaluate(
+        args.model,
+        args.world,
+        split=args.split,
+        val_split=args.val_split,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     text = json.dumps(found, indent=1)
     if args.out is not None:
         args.out.write_text(text + "\n", encoding="utf-8")

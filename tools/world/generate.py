@@ -142,17 +142,33 @@ def foil_file(samples: Sequence[Sample]) -> dict[str, Any]:
     for s in samples:
         original = s.captions[0]
         annotations.append(
-            {"id": len(annotations) + 1, "image_id": s.id, "caption": original.text,
-             "foil_word": "ORIG", "target_word": "ORIG", "foil": False}
-        )  # fmt: skip
+            {
+                "id": len(annotations) + 1,
+                "image_id": s.id,
+                "caption": original.text,
+                "foil_word": "ORIG",
+                "target_word": "ORIG",
+                "foil": False,
+            }
+        )
         for f in s.foils[0]:
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": s.id, "caption": f.caption.text,
-                 "foil_word": f.foil, "target_word": f.target, "foil": True, "foil_kind": f.kind,
-                 "foil_word_index": f.index}
-            )  # fmt: skip
-    return {"info": {"description": "shapes world, FOIL format"}, "images": images,
-            "annotations": annotations}  # fmt: skip
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": s.id,
+                    "caption": f.caption.text,
+                    "foil_word": f.foil,
+                    "target_word": f.target,
+                    "foil": True,
+                    "foil_kind": f.kind,
+                    "foil_word_index": f.index,
+                }
+            )
+    return {
+        "info": {"description": "shapes world, FOIL format"},
+        "images": images,
+        "annotations": annotations,
+    }
 
 
 def hat_file(samples: Sequence[Sample]) -> list[dict[str, Any]]:
@@ -186,35 +202,51 @@ def pairs_lines(samples: Sequence[Sample]) -> list[str]:
         entries: list[tuple[str, str, str | None]] = [("orig", s.captions[0].text, None)]
         entries += [(f"foil{k + 1}", f.caption.text, f.foil) for k, f in enumerate(s.foils[0])]
         for suffix, text, foil_word in entries:
-            row = {"id": f"{s.id}-{suffix}", "image": f"../images/{s.file_name}", "text": text,
-                   "foil_word": foil_word}  # fmt: skip
+            row = {
+                "id": f"{s.id}-{suffix}",
+                "image": f"../images/{s.file_name}",
+                "text": text,
+                "foil_word": foil_word,
+            }
             lines.append(json.dumps(row))
     return lines
 
 
 def vg_files(samples: Sequence[Sample]) -> tuple[dict[str, Any], dict[str, list[list[int]]]]:
     """One split's COCO detection file and its ``rel.json`` entry."""
-    categories = [{"id": k + 1, "name": name, "supercategory": "shape"}
-                  for k, name in enumerate(SHAPES)]  # fmt: skip
+    categories = [
+        {"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(SHAPES)
+    ]
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     relations: dict[str, list[list[int]]] = {}
     for s in samples:
-        images.append({"id": s.id, "file_name": s.file_name, "width": s.scene.size,
-                       "height": s.scene.size})  # fmt: skip
+        images.append(
+            {"id": s.id, "file_name": s.file_name, "width": s.scene.size, "height": s.scene.size}
+        )
         for k, shape in enumerate(s.scene.shapes):
             bbox = coco_box(shape.box)
             annotations.append(
-                {"id": s.id * 10 + k + 1,
-                 "image_id": s.id, "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
-                 "category_id": SHAPES.index(shape.shape) + 1, "colour": shape.colour,
-                 "size": shape.size}
-            )  # fmt: skip
+                {
+                    "id": s.id * 10 + k + 1,
+                    "image_id": s.id,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                    "category_id": SHAPES.index(shape.shape) + 1,
+                    "colour": shape.colour,
+                    "size": shape.size,
+                }
+            )
         relations[str(s.id)] = [
             [i, j, PREDICATES.index(p) + 1] for i, j, p in scene_relations(s.scene.shapes)
         ]
-    coco = {"info": {"description": "shapes world, Visual Genome (RelTR COCO) format"},
-            "images": images, "annotations": annotations, "categories": categories}  # fmt: skip
+    coco = {
+        "info": {"description": "shapes world, Visual Genome (RelTR COCO) format"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     return coco, relations
 
 
@@ -270,17 +302,26 @@ def write_world(
     _dump(root / "vg" / "rel.json", rel)
     _dump(
         root / "world.json",
-        {"format_version": FORMAT_VERSION, "seed": seed, "size": size,
-         "counts": {k: counts.get(k, 0) for k in SPLITS}, "colours": list(COLOURS),
-         "shapes": list(SHAPES), "sizes": {k: list(v) for k, v in SIZES.items()},
-         "predicates": list(PREDICATES)},
-    )  # fmt: skip
+        {
+            "format_version": FORMAT_VERSION,
+            "seed": seed,
+            "size": size,
+            "counts": {k: counts.get(k, 0) for k in SPLITS},
+            "colours": list(COLOURS),
+            "shapes": list(SHAPES),
+            "sizes": {k: list(v) for k, v in SIZES.items()},
+            "predicates": list(PREDICATES),
+        },
+    )
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.world", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.world",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--train", type=int, default=0)

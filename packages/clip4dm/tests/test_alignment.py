@@ -29,8 +29,20 @@ def groups_as_text(tokenizer: ClipTokenizer, text: str) -> list[tuple[str, list[
 def test_split_words_separates_edge_punctuation_only() -> None:
     text = 'A "cup" of coke... T-shirt, don\'t 3.5 café."'
     assert [w.text for w in split_words(text)] == [
-        "A", '"', "cup", '"', "of", "coke", "...", "T-shirt", ",", "don't", "3.5", "café", '."',
-    ]  # fmt: skip
+        "A",
+        '"',
+        "cup",
+        '"',
+        "of",
+        "coke",
+        "...",
+        "T-shirt",
+        ",",
+        "don't",
+        "3.5",
+        "café",
+        '."',
+    ]
     for word in split_words(text):
         assert text[word.start : word.end] == word.text
 

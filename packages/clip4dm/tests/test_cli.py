@@ -81,8 +81,18 @@ def test_detect_json_matches_the_api(
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     expected = CLIP4DM(model, layers=2, template="", epsilon=-1e-4).detect(image_file, CAPTION)
-    for key in ("caption", "words", "misaligned", "negative_sum", "clip_score", "f_clip_score",
-                "cosine", "truncated", "unscored_words", "mode"):  # fmt: skip
+    for key in (
+        "caption",
+        "words",
+        "misaligned",
+        "negative_sum",
+        "clip_score",
+        "f_clip_score",
+        "cosine",
+        "truncated",
+        "unscored_words",
+        "mode",
+    ):
         assert key in result, key
     assert result["mode"] == "threshold"
     assert [w["word"] for w in result["words"]] == [w.word for w in expected.words]

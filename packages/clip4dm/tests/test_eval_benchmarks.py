@@ -65,22 +65,52 @@ def write_foil(root: Path) -> tuple[Path, Path, Path]:
         _image(images / coco_name(i), i)
     (images / coco_name(3)).write_text("not an image")  # unreadable; coco_name(4) is missing
     annotations: list[Any] = [
-        {"id": 11, "image_id": 100, "caption": "A cat sitting on a red sofa.",
-         "foil_word": "ORIG", "foil": False, "target_word": "ORIG"},
-        {"id": 11, "image_id": 100, "caption": "A dog sitting on a red sofa.",
-         "foil_word": "dog", "foil": True, "target_word": "cat"},
-        {"id": 12, "image_id": 101, "caption": "Two men riding horses on a beach.",
-         "foil_word": "ORIG", "foil": False, "target_word": "ORIG"},
-        {"id": 12, "image_id": 101, "caption": "Two men riding bikes on a beach.",
-         "foil_word": "bikes", "foil": True, "target_word": "horses"},
-        {"id": 13, "image_id": 102, "caption": " A bowl of fruit on a table. ",
-         "foil_word": "ORIG", "foil": False, "target_word": "ORIG"},
+        {
+            "id": 11,
+            "image_id": 100,
+            "caption": "A cat sitting on a red sofa.",
+            "foil_word": "ORIG",
+            "foil": False,
+            "target_word": "ORIG",
+        },
+        {
+            "id": 11,
+            "image_id": 100,
+            "caption": "A dog sitting on a red sofa.",
+            "foil_word": "dog",
+            "foil": True,
+            "target_word": "cat",
+        },
+        {
+            "id": 12,
+            "image_id": 101,
+            "caption": "Two men riding horses on a beach.",
+            "foil_word": "ORIG",
+            "foil": False,
+            "target_word": "ORIG",
+        },
+        {
+            "id": 12,
+            "image_id": 101,
+            "caption": "Two men riding bikes on a beach.",
+            "foil_word": "bikes",
+            "foil": True,
+            "target_word": "horses",
+        },
+        {
+            "id": 13,
+            "image_id": 102,
+            "caption": " A bowl of fruit on a table. ",
+            "foil_word": "ORIG",
+            "foil": False,
+            "target_word": "ORIG",
+        },
         {"id": 14, "image_id": 103, "caption": "A bus on a street.", "foil_word": "ORIG"},
         {"id": 15, "image_id": 104, "caption": "A plane in the sky.", "foil_word": "ORIG"},
         {"id": 16, "image_id": 100, "foil_word": "ORIG"},
         {"id": 17, "image_id": 999, "caption": "A kite.", "foil_word": "ORIG"},
         "not an object",
-    ]  # fmt: skip
+    ]
     data = {
         "info": {"description": "FOIL test"},
         "images": [{"id": 100 + i, "file_name": coco_name(i)} for i in range(5)],
@@ -108,18 +138,39 @@ def write_nocaps(root: Path) -> tuple[Path, Path]:
     for i in range(3):
         _image(images / f"{i:04d}.jpg", 10 + i)
     entries: list[Any] = [
-        {"image_path": "0000.jpg", "references": ["a red bus on a road", "a bus"],
-         "baseline": "A red bus on the road.", "foil": "A red car on the road.",
-         "replacement": ["bus", "car"], "domain": "in-domain"},
-        {"image_path": "0001.jpg", "references": ["a man with a guitar"],
-         "baseline": "A man holding a guitar.", "foil": "A man holding a violin.",
-         "replacement": ["guitar", "violin"], "domain": "out-domain"},
-        {"image_path": "0002.jpg", "references": ["a dog in snow"],
-         "baseline": "A dog in the snow.", "foil": "A dog in the snow.",
-         "replacement": ["dog", "dog"], "domain": "near-domain"},
-        {"image_path": "0003.jpg", "references": [], "baseline": "x", "foil": "y",
-         "replacement": ["a"], "domain": "in-domain"},
-    ]  # fmt: skip
+        {
+            "image_path": "0000.jpg",
+            "references": ["a red bus on a road", "a bus"],
+            "baseline": "A red bus on the road.",
+            "foil": "A red car on the road.",
+            "replacement": ["bus", "car"],
+            "domain": "in-domain",
+        },
+        {
+            "image_path": "0001.jpg",
+            "references": ["a man with a guitar"],
+            "baseline": "A man holding a guitar.",
+            "foil": "A man holding a violin.",
+            "replacement": ["guitar", "violin"],
+            "domain": "out-domain",
+        },
+        {
+            "image_path": "0002.jpg",
+            "references": ["a dog in snow"],
+            "baseline": "A dog in the snow.",
+            "foil": "A dog in the snow.",
+            "replacement": ["dog", "dog"],
+            "domain": "near-domain",
+        },
+        {
+            "image_path": "0003.jpg",
+            "references": [],
+            "baseline": "x",
+            "foil": "y",
+            "replacement": ["a"],
+            "domain": "in-domain",
+        },
+    ]
     return _write_json(root / "nocaps-val-foil.json", entries), images
 
 
@@ -129,35 +180,77 @@ def write_hat(root: Path) -> tuple[Path, Path]:
     for i in range(3):
         _image(images / coco_name(i), 20 + i)
     entries: list[Any] = [
-        {"sample_id": "hat-1", "caption": "A man riding a red horse.",
-         "grounding": [["A", False], ["man", False], ["riding", False], ["a", False],
-                       ["red", True], ["horse.", True]],
-         "contains_hallucination": True, "image_path": coco_name(0),
-         "references": ["A man riding a brown horse."]},
-        {"sample_id": "hat-2", "caption": "Two dogs play in a park.",
-         "grounding": [[w, False] for w in ["Two", "dogs", "play", "in", "a", "park."]],
-         "contains_hallucination": False, "image_path": coco_name(1),
-         "references": ["Dogs playing on grass."]},
-        {"sample_id": 3, "caption": "A cat, a laptop.",
-         "grounding": [["A", 0], ["cat,", 1], ["a", 0], ["laptop.", 0]],
-         "contains_hallucination": True, "image_path": coco_name(2),
-         "references": ["A laptop on a desk."]},
-        {"sample_id": "hat-4", "caption": "bad", "grounding": [["bad"]],
-         "contains_hallucination": False, "image_path": coco_name(0), "references": []},
-        {"sample_id": "hat-1", "caption": "A repeated id.", "grounding": [],
-         "contains_hallucination": False, "image_path": coco_name(0), "references": []},
-    ]  # fmt: skip
+        {
+            "sample_id": "hat-1",
+            "caption": "A man riding a red horse.",
+            "grounding": [
+                ["A", False],
+                ["man", False],
+                ["riding", False],
+                ["a", False],
+                ["red", True],
+                ["horse.", True],
+            ],
+            "contains_hallucination": True,
+            "image_path": coco_name(0),
+            "references": ["A man riding a brown horse."],
+        },
+        {
+            "sample_id": "hat-2",
+            "caption": "Two dogs play in a park.",
+            "grounding": [[w, False] for w in ["Two", "dogs", "play", "in", "a", "park."]],
+            "contains_hallucination": False,
+            "image_path": coco_name(1),
+            "references": ["Dogs playing on grass."],
+        },
+        {
+            "sample_id": 3,
+            "caption": "A cat, a laptop.",
+            "grounding": [["A", 0], ["cat,", 1], ["a", 0], ["laptop.", 0]],
+            "contains_hallucination": True,
+            "image_path": coco_name(2),
+            "references": ["A laptop on a desk."],
+        },
+        {
+            "sample_id": "hat-4",
+            "caption": "bad",
+            "grounding": [["bad"]],
+            "contains_hallucination": False,
+            "image_path": coco_name(0),
+            "references": [],
+        },
+        {
+            "sample_id": "hat-1",
+            "caption": "A repeated id.",
+            "grounding": [],
+            "contains_hallucination": False,
+            "image_path": coco_name(0),
+            "references": [],
+        },
+    ]
     return _write_json(root / "hat-trainval.json", entries), images
 
 
 SEETRUE_ROWS = [
-    {"image_caption": "A red apple on a plate", "caption_misalignment": "The apple is green.",
-     "dataset_source": "SeeTRUE-Drawbench", "id_in_source_dataset": 7},
-    {"image_caption": "Two cats on a bed", "caption_misalignment": "There is only one cat.",
-     "dataset_source": "SeeTRUE-COCO", "id_in_source_dataset": 8},
-    {"image_caption": "A blue car", "caption_misalignment": "The car is yellow, not blue.",
-     "dataset_source": "SeeTRUE-COCO", "id_in_source_dataset": 9},
-]  # fmt: skip
+    {
+        "image_caption": "A red apple on a plate",
+        "caption_misalignment": "The apple is green.",
+        "dataset_source": "SeeTRUE-Drawbench",
+        "id_in_source_dataset": 7,
+    },
+    {
+        "image_caption": "Two cats on a bed",
+        "caption_misalignment": "There is only one cat.",
+        "dataset_source": "SeeTRUE-COCO",
+        "id_in_source_dataset": 8,
+    },
+    {
+        "image_caption": "A blue car",
+        "caption_misalignment": "The car is yellow, not blue.",
+        "dataset_source": "SeeTRUE-COCO",
+        "id_in_source_dataset": 9,
+    },
+]
 
 
 def write_seetrue_jsonl(root: Path) -> Path:
@@ -231,8 +324,13 @@ def test_registry_names_and_aliases() -> None:
     with pytest.raises(ValueError, match="unknown benchmark 'coco'"):
         get_benchmark("coco")
     modes = {n: get_benchmark(n).mode for n in available_benchmarks()[:5]}
-    assert modes == {"foil": "most_negative", "nocaps-foil": "most_negative",
-                     "hat": "threshold", "seetrue-feedback": "threshold", "richhf": "threshold"}  # fmt: skip
+    assert modes == {
+        "foil": "most_negative",
+        "nocaps-foil": "most_negative",
+        "hat": "threshold",
+        "seetrue-feedback": "threshold",
+        "richhf": "threshold",
+    }
     for name in modes:
         bench = get_benchmark(name)
         assert (bench.epsilon, bench.layers, bench.template) == (-5e-5, 3, "A photo depicts ")
@@ -266,9 +364,15 @@ def test_nocaps_loader_gives_two_samples_per_entry(tmp_path: Path) -> None:
     data, images = write_nocaps(tmp_path)
     records = get_benchmark("nocaps-foil").load(DataSource(str(data), images))
     assert [r.id for r in records] == [
-        "0/foil", "0/baseline", "1/foil", "1/baseline", "2/foil", "2/baseline", "3/foil",
+        "0/foil",
+        "0/baseline",
+        "1/foil",
+        "1/baseline",
+        "2/foil",
+        "2/baseline",
+        "3/foil",
         "3/baseline",
-    ]  # fmt: skip
+    ]
     samples = _samples(records)
     assert samples["0/foil"].caption == "A red car on the road."
     assert samples["0/foil"].ground_truth == GroundTruth(aligned=False, words=("car",))
@@ -391,10 +495,15 @@ def test_richhf_tfrecord_loader(tmp_path: Path) -> None:
 def test_richhf_jsonl_export_loader(tmp_path: Path) -> None:
     _image(tmp_path / "img" / "a.png", 1)
     lines = [
-        {"filename": "a.png", "misalignment_score": 3, "prompt_misalignment_label": "0 1",
-         "prompt": "Green sky", "image": "img/a.png"},
+        {
+            "filename": "a.png",
+            "misalignment_score": 3,
+            "prompt_misalignment_label": "0 1",
+            "prompt": "Green sky",
+            "image": "img/a.png",
+        },
         {"filename": "b.png", "misalignment_score": "high", "prompt_misalignment_label": "1"},
-    ]  # fmt: skip
+    ]
     path = tmp_path / "richhf.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     records = load_richhf(DataSource(str(path), tmp_path))
@@ -478,8 +587,16 @@ def _check_common(result: dict[str, Any], rows: list[dict[str, Any]], positive: 
         expected = average_precision(labels, [sign * r[key] for r in good])
         assert result["metrics"]["AP"][name] == pytest.approx(expected)
     for row in good:
-        assert {"id", "caption", "ground_truth", "prediction", "words", "clip_score",
-                "f_clip_score", "misaligned"} <= set(row)  # fmt: skip
+        assert {
+            "id",
+            "caption",
+            "ground_truth",
+            "prediction",
+            "words",
+            "clip_score",
+            "f_clip_score",
+            "misaligned",
+        } <= set(row)
     assert result["versions"]["clip4dm"]
     assert result["model"]["family"] == "hf"
 
@@ -490,10 +607,26 @@ def test_eval_foil_end_to_end(tmp_path: Path, tiny_hf_dir: Path) -> None:
     parser = argparse.ArgumentParser(prog="clip4dm")  # wired as the clip4dm CLI does
     add_eval_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
-        ["eval", "foil", "--data", str(data), "--images", str(images), "--references", str(refs),
-         "--out", str(out), "--model", f"hf:{tiny_hf_dir}", "--device", "cpu", "--batch-size",
-         "3", "--no-progress"]
-    )  # fmt: skip
+        [
+            "eval",
+            "foil",
+            "--data",
+            str(data),
+            "--images",
+            str(images),
+            "--references",
+            str(refs),
+            "--out",
+            str(out),
+            "--model",
+            f"hf:{tiny_hf_dir}",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "3",
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     rows, result = _rows(out), _result(out)
     assert [r["id"] for r in rows] == [str(i) for i in range(10)]
@@ -549,8 +682,18 @@ def test_eval_nocaps_per_domain(tmp_path: Path, tiny_hf_dir: Path, reuse_models:
 def test_eval_hat_phrases(tmp_path: Path, tiny_hf_dir: Path, reuse_models: None) -> None:
     data, images = write_hat(tmp_path / "data")
     out = tmp_path / "out"
-    argv = ["hat", "--data", str(data), "--images", str(images), "--out", str(out),
-            "--epsilon", "-1e-9", "--no-references"]  # fmt: skip
+    argv = [
+        "hat",
+        "--data",
+        str(data),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--epsilon",
+        "-1e-9",
+        "--no-references",
+    ]
     assert _run(argv, tiny_hf_dir) == 0
     rows, result = _rows(out), _result(out)
     _check_common(result, rows, "misaligned")

@@ -68,8 +68,20 @@ def _compare(single: Path, sharded: Path) -> None:
 
 
 def _common(data: Path, images: Path, model: Path) -> list[str]:
-    return ["nocaps-foil", "--data", str(data), "--images", str(images), "--model", f"hf:{model}",
-            "--device", "cpu", "--batch-size", "2", "--no-progress"]  # fmt: skip
+    return [
+        "nocaps-foil",
+        "--data",
+        str(data),
+        "--images",
+        str(images),
+        "--model",
+        f"hf:{model}",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
 
 
 def _worker_env(rank: int, port: int) -> dict[str, str]:
@@ -123,9 +135,19 @@ def test_torchrun_module_entry_point(tmp_path: Path, tiny_hf_dir: Path) -> None:
     common = _common(data, images, tiny_hf_dir)
     assert main([*common, "--out", str(tmp_path / "single")]) == 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "-m", "clip4dm.eval", *common,
-               "--out", str(tmp_path / "sharded")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "clip4dm.eval",
+        *common,
+        "--out",
+        str(tmp_path / "sharded"),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "clip4dm eval nocaps-foil: 12 samples, 8 scored, 4 errors" in done.stdout
@@ -137,8 +159,20 @@ def test_leftover_shards_are_folded_in_on_resume(
 ) -> None:
     data, images = write_nocaps(tmp_path / "data")
     out = tmp_path / "out"
-    argv = ["nocaps-foil", "--data", str(data), "--images", str(images), "--out", str(out),
-            "--model", f"hf:{tiny_hf_dir}", "--device", "cpu", "--no-progress"]  # fmt: skip
+    argv = [
+        "nocaps-foil",
+        "--data",
+        str(data),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--model",
+        f"hf:{tiny_hf_dir}",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     # As if a sharded run was interrupted: rank 1 had written two rows (one marked) and a torn one.

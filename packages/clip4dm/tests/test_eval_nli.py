@@ -17,8 +17,29 @@ from clip4dm.eval import NLIScorer, merge_phrases
 from clip4dm.eval.cli import main
 from clip4dm.results import WordScore
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "apple", "is", "green", "red",
-         "a", "cat", "there", "one", "only", "car", "yellow", "blue", "not", ",", "."]  # fmt: skip
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "apple",
+    "is",
+    "green",
+    "red",
+    "a",
+    "cat",
+    "there",
+    "one",
+    "only",
+    "car",
+    "yellow",
+    "blue",
+    "not",
+    ",",
+    ".",
+]
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +126,22 @@ def test_seetrue_end_to_end_with_nli(
     datasets.load_dataset = lambda name, split: _seetrue_rows(4)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "datasets", datasets)
     out = tmp_path / "out"
-    argv = ["seetrue", "--data", "mismatch-quest/SeeTRUE-Feedback", "--out", str(out),
-            "--model", f"hf:{tiny_hf_dir}", "--nli-model", str(tiny_nli_dir), "--epsilon",
-            "-1e-9", "--device", "cpu", "--no-progress"]  # fmt: skip
+    argv = [
+        "seetrue",
+        "--data",
+        "mismatch-quest/SeeTRUE-Feedback",
+        "--out",
+        str(out),
+        "--model",
+        f"hf:{tiny_hf_dir}",
+        "--nli-model",
+        str(tiny_nli_dir),
+        "--epsilon",
+        "-1e-9",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     result = json.loads((out / "result.json").read_text())
@@ -140,8 +174,19 @@ def test_seetrue_jsonl_without_nli(tmp_path: Path, tiny_hf_dir: Path) -> None:
     data = tmp_path / "seetrue.jsonl"
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    argv = ["seetrue-feedback", "--data", str(data), "--out", str(out), "--no-nli",
-            "--model", f"hf:{tiny_hf_dir}", "--device", "cpu", "--no-progress"]  # fmt: skip
+    argv = [
+        "seetrue-feedback",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-nli",
+        "--model",
+        f"hf:{tiny_hf_dir}",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["metrics"]["NLI"] is None

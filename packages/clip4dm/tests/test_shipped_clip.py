@@ -38,8 +38,14 @@ def detector() -> CLIP4DM:
 
 def test_ships_save_pretrained_files_and_a_card() -> None:
     names = {p.name for p in MODEL.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
-            "MODEL_CARD.md", "metrics.json"} <= names  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "MODEL_CARD.md",
+        "metrics.json",
+    } <= names
     assert sum(p.stat().st_size for p in MODEL.iterdir()) < 30 * 2**20
     card = (MODEL / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "python tools/train_clip.py" in card
@@ -69,10 +75,22 @@ def test_localises_foils_on_the_shipped_samples(detector: CLIP4DM) -> None:
     hits = [d.misaligned[0].word == r["foil_word"] for r, d in foils]
     chance = sum(1 / len(d.words) for _, d in foils)
     assert sum(hits) >= 2 * chance, (hits, chance)
-    original = {r["image"]: d.clip_score for r, d in zip(rows, found, strict=True)
-                if not r["foil_word"]}  # fmt: skip
-    absent = {"red", "green", "blue", "yellow", "purple", "pink",
-              "circle", "square", "triangle", "star", "cross"}  # fmt: skip
+    original = {
+        r["image"]: d.clip_score for r, d in zip(rows, found, strict=True) if not r["foil_word"]
+    }
+    absent = {
+        "red",
+        "green",
+        "blue",
+        "yellow",
+        "purple",
+        "pink",
+        "circle",
+        "square",
+        "triangle",
+        "star",
+        "cross",
+    }
     for r, d in foils:  # a colour or shape foil names something absent: CLIPScore drops
         if r["foil_word"] in absent:
             assert d.clip_score < original[r["image"]], r["id"]
@@ -150,13 +168,52 @@ def test_train_script_resumes_exactly_and_saves_a_loadable_model(tmp_path: Path)
     from safetensors.torch import load_file
 
     train_clip = _train_module()
-    tiny = ["--world", str(tmp_path / "world"), "--train", "12", "--world-size", "64",
-            "--batch", "4", "--image-size", "32", "--patch", "8", "--text-width", "32",
-            "--vision-width", "32", "--text-layers", "3", "--vision-layers", "1", "--heads", "2",
-            "--embed", "16", "--threads", "1", "--no-eval", "--log-every", "2"]  # fmt: skip
+    tiny = [
+        "--world",
+        str(tmp_path / "world"),
+        "--train",
+        "12",
+        "--world-size",
+        "64",
+        "--batch",
+        "4",
+        "--image-size",
+        "32",
+        "--patch",
+        "8",
+        "--text-width",
+        "32",
+        "--vision-width",
+        "32",
+        "--text-layers",
+        "3",
+        "--vision-layers",
+        "1",
+        "--heads",
+        "2",
+        "--embed",
+        "16",
+        "--threads",
+        "1",
+        "--no-eval",
+        "--log-every",
+        "2",
+    ]
     straight = tmp_path / "straight"
-    assert train_clip.main([*tiny, "--steps", "4", "--work", str(straight / "work"),
-                            "--out", str(straight / "model")]) == 0  # fmt: skip
+    assert (
+        train_clip.main(
+            [
+                *tiny,
+                "--steps",
+                "4",
+                "--work",
+                str(straight / "work"),
+                "--out",
+                str(straight / "model"),
+            ]
+        )
+        == 0
+    )
     resumed = tmp_path / "resumed"
     common = ["--work", str(resumed / "work"), "--out", str(resumed / "model")]
     assert train_clip.main([*tiny, "--steps", "2", *common]) == 0

@@ -70,8 +70,9 @@ def test_other_seed_differs_and_samples_do_not_depend_on_count(world: Path, tmp_
     other = write_world(tmp_path / "other", seed=8, counts={"test": 2}, size=96)
     assert _rows(other, "test")[0]["shapes"] != _rows(world, "test")[0]["shapes"]
     # sample i of a split is a function of (seed, split, i) alone
-    assert _rows(world, "test")[:2] == _rows(write_world(tmp_path / "few", seed=7,
-                                                         counts={"test": 2}, size=96), "test")  # fmt: skip
+    assert _rows(world, "test")[:2] == _rows(
+        write_world(tmp_path / "few", seed=7, counts={"test": 2}, size=96), "test"
+    )
     sample = make_sample(7, "val", 2, 96)
     assert _rows(world, "val")[2]["captions"] == [c.text for c in sample.captions]
 
@@ -202,9 +203,10 @@ def test_rendered_image_shows_the_shapes(many: list[tuple[Any, dict[str, Any]]])
 # -- captions and foils ------------------------------------------------------------------------
 def _find(shapes: list[dict[str, Any]], size: str | None, colour: str, shape: str) -> list[int]:
     return [
-        k for k, s in enumerate(shapes)
+        k
+        for k, s in enumerate(shapes)
         if s["colour"] == colour and s["shape"] == shape and (size is None or s["size"] == size)
-    ]  # fmt: skip
+    ]
 
 
 def _true(caption: str, shapes: list[dict[str, Any]]) -> bool:
@@ -216,8 +218,9 @@ def _true(caption: str, shapes: list[dict[str, Any]]) -> bool:
             if i == j:
                 continue
             (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = (
-                _xyxy(shapes[i]["bbox"]), _xyxy(shapes[j]["bbox"])
-            )  # fmt: skip
+                _xyxy(shapes[i]["bbox"]),
+                _xyxy(shapes[j]["bbox"]),
+            )
             ok = {
                 "to the left of": ax1 <= bx0,
                 "to the right of": bx1 <= ax0,
@@ -293,8 +296,14 @@ def test_hat_file_format(world: Path) -> None:
     assert isinstance(entries, list)
     assert len({e["sample_id"] for e in entries}) == len(entries)
     for e in entries:
-        assert set(e) == {"sample_id", "caption", "grounding", "contains_hallucination",
-                          "image_path", "references"}  # fmt: skip
+        assert set(e) == {
+            "sample_id",
+            "caption",
+            "grounding",
+            "contains_hallucination",
+            "image_path",
+            "references",
+        }
         assert " ".join(w for w, _ in e["grounding"]) == e["caption"]
         assert all(isinstance(flag, bool) for _, flag in e["grounding"])
         assert e["contains_hallucination"] == any(flag for _, flag in e["grounding"])
@@ -334,14 +343,16 @@ def test_files_load_with_the_project_loaders(world: Path) -> None:
     foil = pytest.importorskip("clip4dm.eval.foil")
     hat = pytest.importorskip("clip4dm.eval.hat")
     samples = pytest.importorskip("clip4dm.eval.samples")
-    records = foil.load_foil(samples.DataSource(data=world / "foil" / "test.json",
-                                                images=world / "images"))  # fmt: skip
+    records = foil.load_foil(
+        samples.DataSource(data=world / "foil" / "test.json", images=world / "images")
+    )
     assert len(records) == len(
         json.loads((world / "foil" / "test.json").read_text())["annotations"]
     )
     assert all(Path(r.image).is_file() for r in records)
-    records = hat.load_hat(samples.DataSource(data=world / "hat" / "test.json",
-                                              images=world / "images"))  # fmt: skip
+    records = hat.load_hat(
+        samples.DataSource(data=world / "hat" / "test.json", images=world / "images")
+    )
     assert sum(not r.ground_truth.aligned for r in records) >= 1
     vg = pytest.importorskip("egtr.data.vg")
     dataset = vg.VisualGenomeDataset(world / "vg", "val", image_dir=world / "images")
@@ -353,10 +364,20 @@ def test_cli_module_and_script_agree(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert world_main(["--seed", "5", "--out", str(tmp_path / "a"), "--test", "2"]) == 0
     assert "wrote 2 images" in capsys.readouterr().out
     subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "world" / "generate.py"), "--seed", "5",
-         "--out", str(tmp_path / "b"), "--test", "2"],
-        check=True, capture_output=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "tools" / "world" / "generate.py"),
+            "--seed",
+            "5",
+            "--out",
+            str(tmp_path / "b"),
+            "--test",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     with pytest.raises(SystemExit):
         world_main(["--out", str(tmp_path / "c"), "--test", "-1"])

@@ -22,20 +22,30 @@ def write_image(path: Path, width: int, height: int, seed: int = 0) -> None:
 # VG: image id -> (file name, width, height, [(x, y, w, h, category_id)], [[s, o, pred 1..P]])
 VG_SPLITS: dict[str, dict[int, tuple[str, int, int, list[tuple[float, ...]], list[list[int]]]]] = {
     "train": {
-        11: ("11.jpg", 64, 48, [(2, 3, 20, 10, 1), (30, 5, 15, 30, 3), (10, 20, 8, 8, 2)],
-             [[0, 1, 1], [2, 1, 1], [0, 1, 2], [0, 1, 1]]),
+        11: (
+            "11.jpg",
+            64,
+            48,
+            [(2, 3, 20, 10, 1), (30, 5, 15, 30, 3), (10, 20, 8, 8, 2)],
+            [[0, 1, 1], [2, 1, 1], [0, 1, 2], [0, 1, 1]],
+        ),
         12: ("12.jpg", 50, 70, [(0, 0, 10, 10, 2), (20, 30, 25, 35, 3)], [[0, 1, 4]]),
     },
     "val": {
         21: ("21.jpg", 40, 40, [(5, 5, 10, 10, 1), (20, 20, 10, 10, 2)], [[0, 1, 3]]),
     },
     "test": {
-        31: ("31.jpg", 80, 60, [(4, 4, 30, 20, 1), (40, 10, 30, 40, 3), (0, 40, 10, 15, 2)],
-             [[0, 1, 1], [2, 1, 2], [0, 2, 3], [0, 1, 1]]),
+        31: (
+            "31.jpg",
+            80,
+            60,
+            [(4, 4, 30, 20, 1), (40, 10, 30, 40, 3), (0, 40, 10, 15, 2)],
+            [[0, 1, 1], [2, 1, 2], [0, 2, 3], [0, 1, 1]],
+        ),
         32: ("32.png", 60, 90, [(10, 10, 20, 20, 2), (15, 50, 50, 45, 3)], [[0, 1, 4]]),
         33: ("33.jpg", 70, 50, [(3, 3, 10, 10, 3)], []),
     },
-}  # fmt: skip
+}
 
 
 def write_tiny_vg(root: Path, *, images: bool = True) -> Path:
@@ -56,9 +66,15 @@ def write_tiny_vg(root: Path, *, images: bool = True) -> Path:
             )
             for x, y, w, h, cat in boxes:
                 coco["annotations"].append(
-                    {"id": ann_id, "image_id": image_id, "bbox": [x, y, w, h],
-                     "category_id": cat, "area": w * h, "iscrowd": 0}
-                )  # fmt: skip
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "bbox": [x, y, w, h],
+                        "category_id": cat,
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
                 ann_id += 1
             if rels:
                 rel[split][str(image_id)] = rels

@@ -43,11 +43,26 @@ def test_predict_writes_jsonl_and_drawings(
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\x00garbage")
     out = tmp_path / "graphs.jsonl"
-    code = main([
-        "predict", str(first), str(broken), str(second), "--model", str(tiny_model_dir),
-        "--out", str(out), "--draw", str(tmp_path / "draw"), "--top-k", "3",
-        "--batch-size", "2", "--device", "cpu",
-    ])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(first),
+            str(broken),
+            str(second),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--draw",
+            str(tmp_path / "draw"),
+            "--top-k",
+            "3",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 1  # one image was skipped
     err = capsys.readouterr().err
     assert "skipped" in err
@@ -72,10 +87,23 @@ def test_predict_json_to_stdout(
     assert data[0]["image"] == str(image)
     assert data[0]["relations"]
     assert len(data[0]["objects"]) == 6  # every query of the tiny model passes the 0.3 default
-    assert main([
-        "predict", str(image), "--model", str(tiny_model_dir), "--json", "--quiet",
-        "--top-k", "1", "--object-threshold", "none",
-    ]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(image),
+                "--model",
+                str(tiny_model_dir),
+                "--json",
+                "--quiet",
+                "--top-k",
+                "1",
+                "--object-threshold",
+                "none",
+            ]
+        )
+        == 0
+    )
     (record,) = json.loads(capsys.readouterr().out)
     assert len(record["objects"]) == 2  # only the two objects of the one relation
 
@@ -93,10 +121,18 @@ def test_predict_reports_missing_and_corrupt_images(
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "graphs.jsonl"
-    code = main([
-        "predict", str(tmp_path / "missing.jpg"), str(corrupt), "--model", str(tiny_model_dir),
-        "--out", str(out), "--quiet",
-    ])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "missing.jpg"),
+            str(corrupt),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "skipped" in err
@@ -119,11 +155,21 @@ def test_convert_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     from egtr.convert import legacy_config
 
     legacy = {
-        "model_type": "deformable_detr", "backbone": "resnet18", "d_model": 64,
-        "encoder_layers": 1, "decoder_layers": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
-        "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_n_points": 1,
-        "decoder_n_points": 1, "num_queries": 5, "num_labels": 3, "num_rel_labels": 2,
-    }  # fmt: skip
+        "model_type": "deformable_detr",
+        "backbone": "resnet18",
+        "d_model": 64,
+        "encoder_layers": 1,
+        "decoder_layers": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_n_points": 1,
+        "decoder_n_points": 1,
+        "num_queries": 5,
+        "num_labels": 3,
+        "num_rel_labels": 2,
+    }
     model = EGTRForSceneGraphGeneration(legacy_config(legacy))
     state = {}
     for key, value in model.state_dict().items():
@@ -140,10 +186,22 @@ def test_convert_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     categories = tmp_path / "categories_dict.json"
     categories.write_text(json.dumps({"obj": ["a", "b", "c"], "rel": ["on", "by"]}))
     out = tmp_path / "converted"
-    assert main([
-        "convert", "--checkpoint", str(tmp_path / "run.ckpt"), "--config",
-        str(tmp_path / "config.json"), "--out", str(out), "--categories", str(categories),
-    ]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "convert",
+                "--checkpoint",
+                str(tmp_path / "run.ckpt"),
+                "--config",
+                str(tmp_path / "config.json"),
+                "--out",
+                str(out),
+                "--categories",
+                str(categories),
+            ]
+        )
+        == 0
+    )
     assert "converted" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -160,13 +218,31 @@ def test_convert_reports_a_wrong_checkpoint(
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"this is not a checkpoint")
     (tmp_path / "config.json").write_text(json.dumps({"num_labels": 3, "num_rel_labels": 2}))
-    code = main(["convert", "--checkpoint", str(bad), "--config", str(tmp_path / "config.json"),
-                 "--out", str(tmp_path / "o")])  # fmt: skip
+    code = main(
+        [
+            "convert",
+            "--checkpoint",
+            str(bad),
+            "--config",
+            str(tmp_path / "config.json"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 1
     assert "bad.ckpt" in capsys.readouterr().err
     # a checkpoint that does not exist
-    code = main(["convert", "--checkpoint", str(tmp_path / "nope.ckpt"), "--config",
-                 str(tmp_path / "config.json"), "--out", str(tmp_path / "o")])  # fmt: skip
+    code = main(
+        [
+            "convert",
+            "--checkpoint",
+            str(tmp_path / "nope.ckpt"),
+            "--config",
+            str(tmp_path / "config.json"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 1
     assert "nope.ckpt" in capsys.readouterr().err
 

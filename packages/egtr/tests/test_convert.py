@@ -236,8 +236,14 @@ def test_legacy_config_mapping() -> None:
     assert config.backbone_config.use_pretrained_backbone is False
     assert config.use_logit_adjustment is False
     assert config.logit_adjustment_tau == 0.3
-    named = legacy_config({**LEGACY_VG_CONFIG, "num_labels": 3, "id2label": {"0": "a", "1": "b", "2": "c"},
-                           "num_rel_labels": 2})  # fmt: skip
+    named = legacy_config(
+        {
+            **LEGACY_VG_CONFIG,
+            "num_labels": 3,
+            "id2label": {"0": "a", "1": "b", "2": "c"},
+            "num_rel_labels": 2,
+        }
+    )
     assert named.object_labels == ["a", "b", "c"]
     assert named.predicate_labels == ["predicate_0", "predicate_1"]
     with pytest.raises(ValueError, match="timm"):

@@ -53,8 +53,14 @@ def test_target_contract_at_test_time(vg_root: Path) -> None:
     assert image.dtype == torch.float32
     assert image.shape == (3, new_h, new_w)
     assert set(target) == {
-        "boxes", "class_labels", "rels", "image_id", "orig_size", "size", "boxes_xyxy_orig",
-    }  # fmt: skip
+        "boxes",
+        "class_labels",
+        "rels",
+        "image_id",
+        "orig_size",
+        "size",
+        "boxes_xyxy_orig",
+    }
     assert target["image_id"] == 32
     assert target["orig_size"].tolist() == [90, 60]
     assert target["size"].tolist() == [new_h, new_w]
@@ -181,8 +187,9 @@ def test_flip_swaps_mirrored_predicates_and_mirrors_boxes(vg_root: Path) -> None
 
 
 def test_no_flip_no_swap(vg_root: Path) -> None:
-    data = VisualGenomeDataset(vg_root, "train", transforms=build_transforms("val"),
-                               flip_predicates=[["on", "under"]])  # fmt: skip
+    data = VisualGenomeDataset(
+        vg_root, "train", transforms=build_transforms("val"), flip_predicates=[["on", "under"]]
+    )
     assert data[0][1]["rels"].tolist() == data.records[0].rels.tolist()
 
 

@@ -52,9 +52,13 @@ def _hand_case() -> list[tuple[GroundTruth, PredictedTriplets]]:
     boxes = [[0, 0, 9, 9], [20, 0, 29, 9], [0, 20, 9, 29], [20, 20, 29, 29]]
     gt_a = GroundTruth.create(boxes, [0, 1, 0, 1], [[0, 1, 0], [2, 3, 0]])
     pred_a = PredictedTriplets.create(
-        [*boxes, [0, 0, 9, 9]], [0, 1, 0, 1, 0],
-        subjects=[0, 4, 2], objects=[1, 1, 3], predicates=[0, 0, 0], scores=[0.9, 0.8, 0.7],
-    )  # fmt: skip  # the second candidate repeats the first relation: a false positive
+        [*boxes, [0, 0, 9, 9]],
+        [0, 1, 0, 1, 0],
+        subjects=[0, 4, 2],
+        objects=[1, 1, 3],
+        predicates=[0, 0, 0],
+        scores=[0.9, 0.8, 0.7],
+    )  # the second candidate repeats the first relation: a false positive
     gt_b = GroundTruth.create([[0, 0, 9, 9], [10, 0, 19, 9]], [2, 2], [[0, 1, 1]])
     pred_b = PredictedTriplets.create(
         [[0, 0, 4, 9], [10, 0, 19, 9]], [2, 2], [0], [1], [1], [0.6]
@@ -83,9 +87,13 @@ def test_hand_built_metrics() -> None:
 def test_recall_counts_only_the_first_50() -> None:
     gt, pred = _hand_case()[1]
     filler = PredictedTriplets.create(
-        pred.boxes, pred.labels, [1] * 50 + [0], [0] * 50 + [1], [1] * 51,
+        pred.boxes,
+        pred.labels,
+        [1] * 50 + [0],
+        [0] * 50 + [1],
+        [1] * 51,
         np.linspace(1, 0.5, 51),
-    )  # fmt: skip
+    )
     evaluator = OIEvaluator(3)
     evaluator.add(gt, filler)
     assert evaluator.compute()["microR@50"] == 0
@@ -120,11 +128,15 @@ def _literal_ap(images: list[tuple[GroundTruth, PredictedTriplets]], c: int, kin
             ov = 0.0
             if gt.labels[s] == pred.labels[ps] and gt.labels[o] == pred.labels[po]:
                 if kind == "rel":
-                    ov = min(literal_iou(list(gt.boxes[s]), list(pred.boxes[ps])),
-                             literal_iou(list(gt.boxes[o]), list(pred.boxes[po])))  # fmt: skip
+                    ov = min(
+                        literal_iou(list(gt.boxes[s]), list(pred.boxes[ps])),
+                        literal_iou(list(gt.boxes[o]), list(pred.boxes[po])),
+                    )
                 else:
-                    ov = literal_iou(_literal_union(gt.boxes[s], gt.boxes[o]),
-                                     _literal_union(pred.boxes[ps], pred.boxes[po]))  # fmt: skip
+                    ov = literal_iou(
+                        _literal_union(gt.boxes[s], gt.boxes[o]),
+                        _literal_union(pred.boxes[ps], pred.boxes[po]),
+                    )
             if ov > best:
                 best, best_g = ov, g
         if best > 0.5 and (i, best_g) not in visited:
@@ -151,8 +163,14 @@ def test_matches_literal_implementations_on_random_data() -> None:
     for _ in range(30):
         gt, pred = _random_image(rng)
         scores = np.sort(rng.random(len(pred)))[::-1]
-        images.append((gt, PredictedTriplets.create(
-            pred.boxes, pred.labels, pred.subjects, pred.objects, pred.predicates, scores)))  # fmt: skip
+        images.append(
+            (
+                gt,
+                PredictedTriplets.create(
+                    pred.boxes, pred.labels, pred.subjects, pred.objects, pred.predicates, scores
+                ),
+            )
+        )
     evaluator = OIEvaluator(4, recall_k=25)
     for gt, pred in images:
         evaluator.add(gt, pred)

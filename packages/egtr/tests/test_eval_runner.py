@@ -39,8 +39,14 @@ def _vg_with_model_relations(root: Path, predictor: EGTRPredictor) -> dict[int, 
         graphs[image["id"]] = graph
         for obj in graph.objects:
             x1, y1, x2, y2 = obj.box
-            annotations.append({"id": len(annotations) + 100, "image_id": image["id"],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "category_id": obj.label + 1})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 100,
+                    "image_id": image["id"],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "category_id": obj.label + 1,
+                }
+            )
         rel["test"][str(image["id"])] = [
             [r.subject, r.object, r.predicate + 1] for r in graph.relations[:3]
         ]
@@ -57,8 +63,21 @@ def test_eval_vg_end_to_end(
     root = tmp_path / "vg"
     graphs = _vg_with_model_relations(root, predictor)
     out = tmp_path / "out"
-    code = _eval(["--model", str(tiny_model_dir), "--data", str(root), "--split", "test",
-                  "--out", str(out), "--device", "cpu", "--quiet"])  # fmt: skip
+    code = _eval(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(root),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0
     headline = json.loads(capsys.readouterr().out)
     result = json.loads((out / "result.json").read_text())
@@ -82,10 +101,13 @@ def test_eval_vg_end_to_end(
     for index, record in enumerate(data.records):
         graph = graphs.get(record.image_id) or predictor.predict(data.image_path(index))[0]
         pred = PredictedTriplets.create(
-            [o.box for o in graph.objects], [o.label for o in graph.objects],
-            [r.subject for r in graph.relations], [r.object for r in graph.relations],
-            [r.predicate for r in graph.relations], [r.score for r in graph.relations],
-        )  # fmt: skip
+            [o.box for o in graph.objects],
+            [o.label for o in graph.objects],
+            [r.subject for r in graph.relations],
+            [r.object for r in graph.relations],
+            [r.predicate for r in graph.relations],
+            [r.score for r in graph.relations],
+        )
         evaluator.add(GroundTruth.from_target(data[index][1]), pred)
     expected = evaluator.compute()
     for key, value in expected.items():
@@ -113,8 +135,22 @@ def test_eval_open_images_and_fps(
 ) -> None:
     root = write_tiny_oi(tmp_path / "oi")
     out = tmp_path / "out"
-    code = _eval(["--model", str(tiny_model_dir), "--data", str(root), "--out", str(out),
-                  "--device", "cpu", "--quiet", "--batch-size", "2", "--no-predictions"])  # fmt: skip
+    code = _eval(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(root),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--batch-size",
+            "2",
+            "--no-predictions",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert result["dataset"] == "oi"
@@ -130,9 +166,28 @@ def test_eval_open_images_and_fps(
     assert not (out / "predictions.jsonl").exists()
     capsys.readouterr()
 
-    code = _eval(["--model", str(tiny_model_dir), "--data", str(root), "--out", str(out),
-                  "--device", "cpu", "--quiet", "--fps", "--limit", "2", "--warmup", "1",
-                  "--min-size", "64", "--max-size", "96"])  # fmt: skip
+    code = _eval(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(root),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--fps",
+            "--limit",
+            "2",
+            "--warmup",
+            "1",
+            "--min-size",
+            "64",
+            "--max-size",
+            "96",
+        ]
+    )
     assert code == 0
     fps = json.loads((out / "fps.json").read_text())
     assert (fps["min_size"], fps["max_size"], fps["batch_size"]) == (64, 96, 1)

@@ -20,9 +20,12 @@ def _hand_case() -> list[tuple[GroundTruth, PredictedTriplets]]:
     boxes_a = [[0, 0, 4, 9], [20, 20, 39, 39], [50, 0, 59, 9], [0, 0, 3, 9]]
     # q0 overlaps b0 with IoU exactly 0.5 (+1 convention), q3 with 0.4
     pred_a = PredictedTriplets.create(
-        boxes_a, [0, 2, 1, 0],
-        subjects=[3, 2, 0, 0, 0], objects=[1, 1, 1, 1, 1], predicates=[0, 1, 0, 2, 1],
-    )  # fmt: skip
+        boxes_a,
+        [0, 2, 1, 0],
+        subjects=[3, 2, 0, 0, 0],
+        objects=[1, 1, 1, 1, 1],
+        predicates=[0, 1, 0, 2, 1],
+    )
     gt_b = GroundTruth.create([[0, 0, 9, 9], [10, 10, 19, 19]], [1, 1], [[0, 1, 3]])
     pred_b = PredictedTriplets.create(
         [[0, 0, 9, 9], [10, 10, 19, 19]], [1, 1], subjects=[1, 0], objects=[0, 1], predicates=[3, 3]
@@ -88,8 +91,9 @@ def _random_image(rng: np.random.Generator) -> tuple[GroundTruth, PredictedTripl
     extra_xy = rng.uniform(0, 60, (3, 2))
     extra = np.concatenate([extra_xy, extra_xy + 20], 1)
     pred_boxes = np.concatenate([boxes + jitter, extra])
-    pred_labels = np.concatenate([np.where(rng.random(m) < 0.8, labels, (labels + 1) % 3),
-                                  rng.integers(0, 3, 3)])  # fmt: skip
+    pred_labels = np.concatenate(
+        [np.where(rng.random(m) < 0.8, labels, (labels + 1) % 3), rng.integers(0, 3, 3)]
+    )
     t = 40
     subjects, objects = rng.integers(0, n, t), rng.integers(0, n, t)
     predicates = rng.integers(0, 4, t)
@@ -136,9 +140,10 @@ def _literal_metrics(
                 idx = [g for g in range(len(gt.rels)) if gt.rels[g, 2] == p]
                 per_predicate.setdefault(p, []).append(sum(recalled[g] for g in idx) / len(idx))
             zs = [
-                g for g in range(len(gt.rels))
+                g
+                for g in range(len(gt.rels))
                 if not seen[gt.labels[gt.rels[g, 0]], gt.labels[gt.rels[g, 1]], gt.rels[g, 2]]
-            ]  # fmt: skip
+            ]
             if zs:
                 zero_shot.append(sum(recalled[g] for g in zs) / len(zs))
         out[f"R@{k}"] = sum(recalls) / len(recalls)

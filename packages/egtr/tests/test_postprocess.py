@@ -84,10 +84,16 @@ def test_build_scene_graph_orders_objects_and_relations() -> None:
         logits[q, label] = math.log(score / (1 - score)) if score < 1 else 30.0
     boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.2, 0.2], [0.9, 0.9, 0.2, 0.2]])
     graph = build_scene_graph(
-        logits, boxes, rel, conn, (100, 50),
-        object_labels=["cat", "dog"], predicate_labels=["on", "near"],
-        top_k=2, object_score="sigmoid",
-    )  # fmt: skip
+        logits,
+        boxes,
+        rel,
+        conn,
+        (100, 50),
+        object_labels=["cat", "dog"],
+        predicate_labels=["on", "near"],
+        top_k=2,
+        object_score="sigmoid",
+    )
     # relations (0 -on-> 1) and (2 -on-> 0); objects by score: query 0 (1.0), 2 (0.8), 1 (0.5)
     assert [o.query for o in graph.objects] == [0, 2, 1]
     assert [o.label_name for o in graph.objects] == ["dog", "dog", "cat"]
@@ -112,10 +118,17 @@ def _threshold_case(threshold: float | None) -> SceneGraph:
     rel = torch.zeros(6, 6, 2)
     rel[1, 5, 1] = 1.0
     return build_scene_graph(
-        logits, _boxes(), rel, None, (100, 50),
-        object_labels=["cat", "dog"], predicate_labels=["on", "near"],
-        top_k=1, object_score="sigmoid", object_threshold=threshold,
-    )  # fmt: skip
+        logits,
+        _boxes(),
+        rel,
+        None,
+        (100, 50),
+        object_labels=["cat", "dog"],
+        predicate_labels=["on", "near"],
+        top_k=1,
+        object_score="sigmoid",
+        object_threshold=threshold,
+    )
 
 
 def test_object_threshold_adds_confident_standalone_objects() -> None:

@@ -87,9 +87,11 @@ def test_boxes_are_scaled_to_each_original_image(tiny_model: EGTRForSceneGraphGe
     small = sorted(g_small.objects, key=lambda o: o.query)
     assert [o.query for o in large] == [o.query for o in small]
     np.testing.assert_allclose(
-        np.array([o.box for o in large]), 4 * np.array([o.box for o in small]),
-        rtol=0.05, atol=2.0,
-    )  # fmt: skip
+        np.array([o.box for o in large]),
+        4 * np.array([o.box for o in small]),
+        rtol=0.05,
+        atol=2.0,
+    )
 
 
 def test_accepts_paths_arrays_and_directories(tiny_model_dir: Path, tmp_path: Path) -> None:

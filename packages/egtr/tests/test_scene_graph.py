@@ -24,8 +24,12 @@ def test_to_dict_is_json_and_round_trips() -> None:
     graph = _graph()
     data = json.loads(json.dumps(graph.to_dict()))
     assert data["relations"][0] == {
-        "subject": 0, "object": 1, "predicate": 2, "predicate_name": "riding", "score": 0.7,
-    }  # fmt: skip
+        "subject": 0,
+        "object": 1,
+        "predicate": 2,
+        "predicate_name": "riding",
+        "score": 0.7,
+    }
     assert data["objects"][1]["box"] == [30.0, 20.0, 70.0, 60.0]
     assert SceneGraph.from_dict(data) == graph
     assert graph.triplets()[0] == ("man", "riding", "horse", 0.7)

@@ -43,8 +43,13 @@ def _sample_scene(index: int) -> tuple[list[tuple[str, list[float]]], set[tuple[
     ``(subject, object, predicate)`` (indices into the shapes)."""
     rows = (SAMPLES / "scenes" / "test.jsonl").read_text(encoding="utf-8").splitlines()
     scene = json.loads(rows[index])
-    shapes = [(s["shape"], [s["bbox"][0], s["bbox"][1], s["bbox"][0] + s["bbox"][2],
-                            s["bbox"][1] + s["bbox"][3]]) for s in scene["shapes"]]  # fmt: skip
+    shapes = [
+        (
+            s["shape"],
+            [s["bbox"][0], s["bbox"][1], s["bbox"][0] + s["bbox"][2], s["bbox"][1] + s["bbox"][3]],
+        )
+        for s in scene["shapes"]
+    ]
     return shapes, {(int(i), int(j), str(p)) for i, j, p in scene["relations"]}
 
 
@@ -113,8 +118,21 @@ def test_predicts_the_sample_shapes_offline(predictor: EGTRPredictor) -> None:
 def test_egtr_predict_cli_writes_json_and_drawings(tmp_path: Path) -> None:
     image = SAMPLES / "images" / "test_000002.png"
     out = tmp_path / "graphs.jsonl"
-    status = egtr_main(["predict", str(image), "--model", str(MODEL), "--out", str(out),
-                        "--draw", str(tmp_path / "draw"), "--device", "cpu", "--quiet"])  # fmt: skip
+    status = egtr_main(
+        [
+            "predict",
+            str(image),
+            "--model",
+            str(MODEL),
+            "--out",
+            str(out),
+            "--draw",
+            str(tmp_path / "draw"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert status == 0
     graph = SceneGraph.from_dict(json.loads(out.read_text(encoding="utf-8")))
     assert graph.relations
@@ -124,10 +142,19 @@ def test_egtr_predict_cli_writes_json_and_drawings(tmp_path: Path) -> None:
 
 def _evaluate(model: Path, out: Path, limit: int | None = None) -> dict[str, float]:
     result = evaluate(
-        EvalOptions(model=model, data=TEST_SET / "vg", image_dir=TEST_SET / "images",
-                    split="test", out=out, device="cpu", limit=limit, zero_shot=False,
-                    write_predictions=False, progress=False)
-    )  # fmt: skip
+        EvalOptions(
+            model=model,
+            data=TEST_SET / "vg",
+            image_dir=TEST_SET / "images",
+            split="test",
+            out=out,
+            device="cpu",
+            limit=limit,
+            zero_shot=False,
+            write_predictions=False,
+            progress=False,
+        )
+    )
     row: dict[str, float] = _train_egtr().headline(result)
     return {name: row[name] for name in (*HEADLINE, "AP50")}
 

@@ -18,27 +18,47 @@ from egtr.training.metrics import read_metrics
 
 TINY_MODEL = {
     "backbone_config": {
-        "model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 32, 32],
-        "depths": [1, 1, 1, 1], "out_features": ["stage2", "stage3", "stage4"],
+        "model_type": "resnet",
+        "embedding_size": 8,
+        "hidden_sizes": [8, 16, 32, 32],
+        "depths": [1, 1, 1, 1],
+        "out_features": ["stage2", "stage3", "stage4"],
     },
-    "d_model": 64, "encoder_layers": 1, "decoder_layers": 2, "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
-    "encoder_n_points": 2, "decoder_n_points": 2, "num_queries": 6,
-}  # fmt: skip
+    "d_model": 64,
+    "encoder_layers": 1,
+    "decoder_layers": 2,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_n_points": 2,
+    "decoder_n_points": 2,
+    "num_queries": 6,
+}
 SMALL_RUN: dict[str, dict[str, Any]] = {
     "data": {"num_workers": 0, "train_scales": [48, 64], "max_size": 96, "test_size": 64},
-    "train": {"batch_size": 1, "effective_batch": 2, "epochs": 2, "continuation_epochs": 1,
-              "log_every": 1},
-}  # fmt: skip
+    "train": {
+        "batch_size": 1,
+        "effective_batch": 2,
+        "epochs": 2,
+        "continuation_epochs": 1,
+        "log_every": 1,
+    },
+}
 
 
 def _stage_a_config(tmp_path: Path) -> Path:
     """A stage-A (detector) config file for the tiny model and run."""
     path = tmp_path / "detector.yaml"
-    path.write_text(yaml.safe_dump({
-        "stage": "detector", **SMALL_RUN,
-        "model": {"pretrained_backbone": False, "overrides": TINY_MODEL},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "detector",
+                **SMALL_RUN,
+                "model": {"pretrained_backbone": False, "overrides": TINY_MODEL},
+            }
+        )
+    )
     return path
 
 
@@ -79,12 +99,27 @@ def test_stage_a_then_stage_b(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "rel" not in records[0]
 
     run_b = tmp_path / "run-b"
-    args = ["--config", "vg_egtr", "--data", str(data), "--init", str(run_a / "best"),
-            "--out", str(run_b), "--quiet", "--device", "cpu",
-            "--set", "train.continuation_epochs=0"]  # fmt: skip
+    args = [
+        "--config",
+        "vg_egtr",
+        "--data",
+        str(data),
+        "--init",
+        str(run_a / "best"),
+        "--out",
+        str(run_b),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--set",
+        "train.continuation_epochs=0",
+    ]
     for section, values in SMALL_RUN.items():
-        args += [f"--set={section}.{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                 for k, v in values.items() if k != "continuation_epochs"]  # fmt: skip
+        args += [
+            f"--set={section}.{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
+            for k, v in values.items()
+            if k != "continuation_epochs"
+        ]
     assert main(args) == 0
     train_records = [r for r in read_metrics(run_b / "metrics.jsonl") if r["event"] == "train"]
     assert len(train_records) == 2
@@ -156,8 +191,21 @@ def test_train_seed_fixes_the_initial_weights(tmp_path: Path) -> None:
 
     def run(name: str, seed: int) -> dict[str, torch.Tensor]:
         out = tmp_path / name
-        args = ["--config", str(config), "--data", str(data), "--out", str(out), "--quiet",
-                "--device", "cpu", "--set", "train.max_steps=1", "--set", f"train.seed={seed}"]  # fmt: skip
+        args = [
+            "--config",
+            str(config),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            f"train.seed={seed}",
+        ]
         assert main(args) == 0
         return dict(load_checkpoint(out / "checkpoints" / "last.pt")["model"])
 

@@ -27,11 +27,17 @@ def test_paper_defaults() -> None:
     assert (b.train.lr, b.train.lr_backbone, b.train.lr_new) == (2e-6, 2e-7, 2e-4)
     assert (b.train.weight_decay, b.train.grad_clip, b.train.effective_batch) == (1e-4, 0.1, 64)
     assert (b.train.epochs, b.train.continuation_epochs, b.train.continuation_lr_factor) == (
-        50, 25, 0.1,
-    )  # fmt: skip
+        50,
+        25,
+        0.1,
+    )
     assert (b.loss.ce, b.loss.bbox, b.loss.giou, b.loss.rel, b.loss.connectivity) == (
-        2, 5, 2, 15, 30,
-    )  # fmt: skip
+        2,
+        5,
+        2,
+        15,
+        30,
+    )
     assert (b.matcher.class_cost, b.matcher.bbox_cost, b.matcher.giou_cost) == (2, 5, 2)
     assert (b.loss.focal_alpha, b.loss.focal_gamma, b.loss.smoothing_alpha) == (0.25, 2, 1e-14)
     assert (b.loss.rel_negatives_ratio, b.loss.rel_nonmatching_ratio) == (80, 80)
@@ -65,8 +71,15 @@ def test_shipped_configs_spell_out_the_defaults(name: str) -> None:
 def test_files_overrides_and_round_trip(tmp_path: Path) -> None:
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text("stage: egtr\ndata: {dataset: oi}\ntrain: {lr: 1e-5, epochs: 3}\n")
-    config = load_config(cfg_file, ["train.lr_new=3e-4", "loss.rel_nonmatching_ratio=null",
-                                    "data.train_scales=[64, 96]", "model.overrides.num_queries=7"])  # fmt: skip
+    config = load_config(
+        cfg_file,
+        [
+            "train.lr_new=3e-4",
+            "loss.rel_nonmatching_ratio=null",
+            "data.train_scales=[64, 96]",
+            "model.overrides.num_queries=7",
+        ],
+    )
     assert config.data.dataset == "oi"
     assert config.loss.connectivity == 90
     assert config.train.lr == 1e-5
@@ -123,9 +136,14 @@ def test_parameter_group_rules() -> None:
     )
     assert parameter_group("model.reference_points.weight", *rules) == "backbone"
     assert parameter_group("relation_head.rel_mlp.layers.0.weight", *rules) == "new"
-    for detector in ("model.decoder.layers.0.self_attn.q_proj.weight", "class_embed.bias",
-                     "bbox_embed.layers.2.weight", "model.input_proj.0.0.weight",
-                     "model.level_embed", "model.query_position_embeddings.weight"):  # fmt: skip
+    for detector in (
+        "model.decoder.layers.0.self_attn.q_proj.weight",
+        "class_embed.bias",
+        "bbox_embed.layers.2.weight",
+        "model.input_proj.0.0.weight",
+        "model.level_embed",
+        "model.query_position_embeddings.weight",
+    ):
         assert parameter_group(detector, *rules) == "detector"
 
 
@@ -147,8 +165,10 @@ def test_learning_rate_groups_of_the_model() -> None:
     )
     assert any(n.startswith("model.backbone.") for n in members["backbone"])
     assert {g["name"]: g["lr"] for g in groups.values()} == {
-        "detector": 2e-6, "backbone": 2e-7, "new": 2e-4,
-    }  # fmt: skip
+        "detector": 2e-6,
+        "backbone": 2e-7,
+        "new": 2e-4,
+    }
     optimizer = build_optimizer(model, config)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert all(g["weight_decay"] == 1e-4 for g in optimizer.param_groups)
@@ -165,15 +185,29 @@ def test_learning_rate_groups_of_the_model() -> None:
 
 def test_set_below_a_mapping_changes_one_entry() -> None:
     """``--set model.overrides.KEY=...`` keeps the file's other overrides (nested too)."""
-    source = {"model": {"overrides": {"num_queries": 20, "d_model": 96,
-                                      "backbone_config": {"depths": [1, 1], "layer_type": "basic"}}}}  # fmt: skip
-    config = load_config(source, ["model.overrides.num_queries=7",
-                                  "model.overrides.backbone_config.depths=[2, 2]",
-                                  "model.overrides.new_key.inner=1"])  # fmt: skip
+    source = {
+        "model": {
+            "overrides": {
+                "num_queries": 20,
+                "d_model": 96,
+                "backbone_config": {"depths": [1, 1], "layer_type": "basic"},
+            }
+        }
+    }
+    config = load_config(
+        source,
+        [
+            "model.overrides.num_queries=7",
+            "model.overrides.backbone_config.depths=[2, 2]",
+            "model.overrides.new_key.inner=1",
+        ],
+    )
     assert config.model.overrides == {
-        "num_queries": 7, "d_model": 96,
-        "backbone_config": {"depths": [2, 2], "layer_type": "basic"}, "new_key": {"inner": 1},
-    }  # fmt: skip
+        "num_queries": 7,
+        "d_model": 96,
+        "backbone_config": {"depths": [2, 2], "layer_type": "basic"},
+        "new_key": {"inner": 1},
+    }
     assert source["model"]["overrides"]["num_queries"] == 20  # the caller's dict is untouched
     replaced = load_config(source, ["model.overrides={num_queries: 5}"])  # a whole mapping
     assert replaced.model.overrides == {"num_queries": 5}

@@ -25,9 +25,11 @@ def test_two_process_gloo_run_matches_single_process(tmp_path: Path) -> None:
     ddp_dir = tmp_path / "ddp"
     ddp_dir.mkdir()
     torch.multiprocessing.start_processes(  # type: ignore[attr-defined,no-untyped-call]
-        ddp_worker, args=(2, free_port(), str(ddp_dir), config.to_dict()), nprocs=2,
+        ddp_worker,
+        args=(2, free_port(), str(ddp_dir), config.to_dict()),
+        nprocs=2,
         start_method="spawn",
-    )  # fmt: skip
+    )
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -39,8 +39,9 @@ def _train_records(out: Path) -> list[dict[str, Any]]:
 
 
 def test_loss_decreases_on_a_tiny_batch(tmp_path: Path) -> None:
-    config = tiny_training_config("egtr", epochs=12, effective_batch=1, lr=1e-3, lr_backbone=1e-3,
-                                  lr_new=1e-3, grad_clip=1.0)  # fmt: skip
+    config = tiny_training_config(
+        "egtr", epochs=12, effective_batch=1, lr=1e-3, lr_backbone=1e-3, lr_new=1e-3, grad_clip=1.0
+    )
     trainer = Trainer(
         config, _model(dropout=0.0), SyntheticSceneGraphs(1), collate, tmp_path, device="cpu"
     )
@@ -112,12 +113,15 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path: Path) -> None:
     for got, want in zip(resumed, expected, strict=True):
         assert got["loss"] == want["loss"]
         assert got["grad_norm"] == want["grad_norm"]
-    vals = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["event"] == "val"]
-            for d in (full_dir, part_dir)]  # fmt: skip
+    vals = [
+        [r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["event"] == "val"]
+        for d in (full_dir, part_dir)
+    ]
     assert vals[0] == vals[1]
     assert len(vals[0]) == 2
-    for (name, p), q in zip(full.module.state_dict().items(), second.module.state_dict().values(),
-                            strict=True):  # fmt: skip
+    for (name, p), q in zip(
+        full.module.state_dict().items(), second.module.state_dict().values(), strict=True
+    ):
         assert torch.equal(p, q), name
 
 
@@ -148,9 +152,14 @@ def test_mixed_precision_on_cuda(tmp_path: Path, amp: str) -> None:
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     assert not trainer.fit().finished
     resumed = Trainer(
-        _resume_config(amp=amp, continuation_epochs=0, epochs=2), _model(), data, collate,
-        tmp_path, val_dataset=val, device="cuda",
-    )  # fmt: skip
+        _resume_config(amp=amp, continuation_epochs=0, epochs=2),
+        _model(),
+        data,
+        collate,
+        tmp_path,
+        val_dataset=val,
+        device="cuda",
+    )
     result = resumed.fit(resume=True)
     assert result.finished
     assert result.global_step == 4
@@ -177,6 +186,7 @@ def test_detector_only_and_auxiliary_outputs() -> None:
     assert det.auxiliary_pred_boxes.shape == (2, layers - 1, 6, 4)
     torch.testing.assert_close(det.auxiliary_logits[:, 0], model.class_embed(hidden[:, 0]))
     # the same heads on the last layer give the final outputs
-    last = model._predict_boxes(hidden[:, -1], model.model(pixel_values=pixels)
-                                .intermediate_reference_points[:, -1])  # fmt: skip
+    last = model._predict_boxes(
+        hidden[:, -1], model.model(pixel_values=pixels).intermediate_reference_points[:, -1]
+    )
     torch.testing.assert_close(last, full.pred_boxes)

@@ -70,8 +70,10 @@ def test_uncertainty_and_smoothed_targets() -> None:
     match = _match([3, 0, 1], [0, 1, 2], costs)  # box b -> query
     rels = torch.tensor([[0, 1, 2], [1, 2, 0], [0, 0, 1]])
     rt = relation_targets(match, rels, num_queries=4, num_predicates=3, perfect_cost=C_MIN)
-    unc = {q: 1 / (1 + math.exp(-(c - C_MIN + math.log(1e-14 / (1 - 1e-14)))))
-           for q, c in zip([3, 0, 1], costs, strict=True)}  # fmt: skip
+    unc = {
+        q: 1 / (1 + math.exp(-(c - C_MIN + math.log(1e-14 / (1 - 1e-14)))))
+        for q, c in zip([3, 0, 1], costs, strict=True)
+    }
     assert rt.target[3, 0, 2].item() == pytest.approx((1 - unc[3]) * (1 - unc[0]), rel=1e-5)
     assert rt.target[0, 1, 0].item() == pytest.approx((1 - unc[0]) * (1 - unc[1]), rel=1e-5)
     assert rt.target[3, 3, 1].item() == pytest.approx(1.0)  # perfect match: target ~ 1
@@ -133,8 +135,13 @@ def test_sampling_counts_and_hard_negatives() -> None:
 
 def _outputs(seed: int = 0, n: int = 4, c: int = 3, p: int = 2, layers: int = 0) -> SimpleNamespace:
     gen = torch.Generator().manual_seed(seed)
-    boxes = torch.cat([torch.rand(1, n, 2, generator=gen) * 0.5 + 0.25,
-                       torch.rand(1, n, 2, generator=gen) * 0.2 + 0.1], -1)  # fmt: skip
+    boxes = torch.cat(
+        [
+            torch.rand(1, n, 2, generator=gen) * 0.5 + 0.25,
+            torch.rand(1, n, 2, generator=gen) * 0.2 + 0.1,
+        ],
+        -1,
+    )
     out = SimpleNamespace(
         logits=torch.randn(1, n, c, generator=gen),
         pred_boxes=boxes,
@@ -147,11 +154,13 @@ def _outputs(seed: int = 0, n: int = 4, c: int = 3, p: int = 2, layers: int = 0)
     return out
 
 
-TARGETS = [{
-    "class_labels": torch.tensor([0, 2]),
-    "boxes": torch.tensor([[0.4, 0.4, 0.2, 0.2], [0.6, 0.6, 0.2, 0.3]]),
-    "rels": torch.tensor([[0, 1, 1]]),
-}]  # fmt: skip
+TARGETS = [
+    {
+        "class_labels": torch.tensor([0, 2]),
+        "boxes": torch.tensor([[0.4, 0.4, 0.2, 0.2], [0.6, 0.6, 0.2, 0.3]]),
+        "rels": torch.tensor([[0, 1, 1]]),
+    }
+]
 
 
 def test_relation_and_connectivity_losses_by_hand() -> None:

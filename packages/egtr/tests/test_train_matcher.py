@@ -33,11 +33,15 @@ def _literal_cost(logit: list[float], box: list[float], label: int, gt: list[flo
 def _random_case(seed: int, n: int, m: int, c: int = 3) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, c, generator=gen) * 2
-    boxes = torch.cat([torch.rand(n, 2, generator=gen) * 0.6 + 0.2,
-                       torch.rand(n, 2, generator=gen) * 0.3 + 0.05], dim=1)  # fmt: skip
+    boxes = torch.cat(
+        [torch.rand(n, 2, generator=gen) * 0.6 + 0.2, torch.rand(n, 2, generator=gen) * 0.3 + 0.05],
+        dim=1,
+    )
     labels = torch.randint(0, c, (m,), generator=gen)
-    gt = torch.cat([torch.rand(m, 2, generator=gen) * 0.6 + 0.2,
-                    torch.rand(m, 2, generator=gen) * 0.3 + 0.05], dim=1)  # fmt: skip
+    gt = torch.cat(
+        [torch.rand(m, 2, generator=gen) * 0.6 + 0.2, torch.rand(m, 2, generator=gen) * 0.3 + 0.05],
+        dim=1,
+    )
     return logits, boxes, labels, gt
 
 

@@ -112,9 +112,13 @@ def ddp_worker(rank: int, world_size: int, port: int, out: str, config: dict[str
     import os
 
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-        WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1",
-    )  # fmt: skip
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        HF_HUB_OFFLINE="1",
+    )
     torch.set_num_threads(1)
     from egtr_testing import tiny_config
 

@@ -228,8 +228,9 @@ def _caption_html(view: _View) -> str:
     return "".join(parts)
 
 
-def _section_html(image: ImageSource | None, detection: DetectionData, title: str | None,
-                  max_side: int) -> str:  # fmt: skip
+def _section_html(
+    image: ImageSource | None, detection: DetectionData, title: str | None, max_side: int
+) -> str:
     view = _view(detection)
     out: list[str] = ['<section class="pair">']
     if title:

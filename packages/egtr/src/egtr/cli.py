@@ -70,9 +70,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         predictor = EGTRPredictor(
-            args.model, device=args.device, dtype=args.dtype, top_k=args.top_k,
-            graph_constrained=not args.unconstrained, object_threshold=args.object_threshold,
-        )  # fmt: skip
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            top_k=args.top_k,
+            graph_constrained=not args.unconstrained,
+            object_threshold=args.object_threshold,
+        )
     except (FileNotFoundError, OSError, ValueError) as exc:
         print(f"egtr predict: cannot load model: {exc}", file=sys.stderr)
         return 1
@@ -81,8 +85,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     collected: list[dict[str, Any]] = []
     try:
         batch: list[tuple[str, Image.Image]] = []
-        progress = tqdm(args.images, desc="egtr", unit="img", file=sys.stderr,
-                        disable=args.quiet)  # fmt: skip
+        progress = tqdm(args.images, desc="egtr", unit="img", file=sys.stderr, disable=args.quiet)
         for index, name in enumerate(progress):
             try:
                 batch.append((name, load_image(name)))
@@ -172,10 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--unconstrained", action="store_true", help="several predicates per pair")
     predict.add_argument(
-        "--object-threshold", type=_threshold, default=DEFAULT_OBJECT_THRESHOLD, metavar="SCORE",
+        "--object-threshold",
+        type=_threshold,
+        default=DEFAULT_OBJECT_THRESHOLD,
+        metavar="SCORE",
         help="also list objects scoring at least SCORE without a relation "
         f"(default {DEFAULT_OBJECT_THRESHOLD}; 'none': only objects of kept relations)",
-    )  # fmt: skip
+    )
     predict.add_argument("--batch-size", type=int, default=1)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--dtype", default="auto")

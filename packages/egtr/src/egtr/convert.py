@@ -56,11 +56,25 @@ DROPPED_KEYS: tuple[str, ...] = (r"\.num_batches_tracked$",)
 _SHARED_COPY = re.compile(r"^(class_embed|bbox_embed)\.([1-9]\d*)\.(.+)$")
 
 _DETECTOR_FIELDS = (
-    "d_model", "encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim",
-    "encoder_attention_heads", "decoder_attention_heads", "num_queries", "num_feature_levels",
-    "encoder_n_points", "decoder_n_points", "position_embedding_type", "dilation",
-    "activation_function", "two_stage", "with_box_refine", "num_rel_labels", "use_freq_bias",
-)  # fmt: skip
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "num_queries",
+    "num_feature_levels",
+    "encoder_n_points",
+    "decoder_n_points",
+    "position_embedding_type",
+    "dilation",
+    "activation_function",
+    "two_stage",
+    "with_box_refine",
+    "num_rel_labels",
+    "use_freq_bias",
+)
 
 
 def strip_lightning_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

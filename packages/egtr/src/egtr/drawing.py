@@ -13,8 +13,18 @@ from typing import Any
 from egtr.scene_graph import SceneGraph
 from vl_core.images import ImageSource, load_image
 
-_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown",
-           "tab:pink", "tab:olive", "tab:cyan", "tab:gray")  # fmt: skip
+_COLORS = (
+    "tab:red",
+    "tab:blue",
+    "tab:green",
+    "tab:orange",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "tab:gray",
+)
 
 
 def _pyplot() -> Any:
@@ -59,9 +69,14 @@ def draw_scene_graph(
                 plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2)
             )
             ax_img.text(
-                x1, y1, f"{index}:{obj.label_name} {obj.score:.2f}", color="white", fontsize=8,
-                va="bottom", bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "edgecolor": "none"},
-            )  # fmt: skip
+                x1,
+                y1,
+                f"{index}:{obj.label_name} {obj.score:.2f}",
+                color="white",
+                fontsize=8,
+                va="bottom",
+                bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "edgecolor": "none"},
+            )
         _draw_graph(ax_graph, graph, used, relations)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,12 +103,29 @@ def _draw_graph(ax: Any, graph: SceneGraph, used: list[int], relations: tuple[An
     for rel in relations:
         (xs, ys), (xo, yo) = pos[rel.subject], pos[rel.object]
         ax.annotate(
-            "", xy=(xo, yo), xytext=(xs, ys),
+            "",
+            xy=(xo, yo),
+            xytext=(xs, ys),
             arrowprops={"arrowstyle": "->", "color": "0.4", "shrinkA": 14, "shrinkB": 14},
-        )  # fmt: skip
-        ax.text((xs + xo) / 2, (ys + yo) / 2, rel.predicate_name, fontsize=7, ha="center",
-                color="0.2", bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "edgecolor": "none"})  # fmt: skip
+        )
+        ax.text(
+            (xs + xo) / 2,
+            (ys + yo) / 2,
+            rel.predicate_name,
+            fontsize=7,
+            ha="center",
+            color="0.2",
+            bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "edgecolor": "none"},
+        )
     for node, (x, y) in pos.items():
         color = _COLORS[node % len(_COLORS)]
-        ax.text(x, y, f"{node}:{graph.objects[node].label_name}", ha="center", va="center",
-                fontsize=8, color="white", bbox={"facecolor": color, "boxstyle": "round"})  # fmt: skip
+        ax.text(
+            x,
+            y,
+            f"{node}:{graph.objects[node].label_name}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white",
+            bbox={"facecolor": color, "boxstyle": "round"},
+        )

@@ -75,8 +75,15 @@ class HFClipBackbone(ClipBackbone):
 
     family = "hf"
 
-    def __init__(self, name: str, model: nn.Module, tokenizer: HFTokenizer, processor: Any,
-                 device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        tokenizer: HFTokenizer,
+        processor: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__(name, model, tokenizer, device, dtype)
         self._processor = processor
 

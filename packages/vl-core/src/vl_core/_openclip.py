@@ -75,9 +75,15 @@ class OpenClipBackbone(ClipBackbone):
 
     family = "openclip"
 
-    def __init__(self, name: str, model: nn.Module, tokenizer: OpenClipTokenizer,
-                 transform: Callable[[Image.Image], Tensor],
-                 device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        tokenizer: OpenClipTokenizer,
+        transform: Callable[[Image.Image], Tensor],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__(name, model, tokenizer, device, dtype)
         self._transform = transform
         clip = cast(Any, model)

@@ -37,13 +37,40 @@ def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 #: Real CLIP shapes (text width/layers/heads, vision width/layers/heads, patch, image, embed dim).
 CLIP_SHAPES: dict[str, dict[str, int]] = {
-    "tiny": {"tw": TINY_WIDTH, "tl": TINY_LAYERS, "th": TINY_HEADS, "vw": TINY_WIDTH, "vl": 2,
-             "vh": TINY_HEADS, "patch": TINY_PATCH, "image": TINY_IMAGE, "embed": TINY_EMBED},
-    "vit-b-32": {"tw": 512, "tl": 12, "th": 8, "vw": 768, "vl": 12, "vh": 12, "patch": 32,
-                 "image": 224, "embed": 512},
-    "vit-l-14": {"tw": 768, "tl": 12, "th": 12, "vw": 1024, "vl": 24, "vh": 16, "patch": 14,
-                 "image": 224, "embed": 768},
-}  # fmt: skip
+    "tiny": {
+        "tw": TINY_WIDTH,
+        "tl": TINY_LAYERS,
+        "th": TINY_HEADS,
+        "vw": TINY_WIDTH,
+        "vl": 2,
+        "vh": TINY_HEADS,
+        "patch": TINY_PATCH,
+        "image": TINY_IMAGE,
+        "embed": TINY_EMBED,
+    },
+    "vit-b-32": {
+        "tw": 512,
+        "tl": 12,
+        "th": 8,
+        "vw": 768,
+        "vl": 12,
+        "vh": 12,
+        "patch": 32,
+        "image": 224,
+        "embed": 512,
+    },
+    "vit-l-14": {
+        "tw": 768,
+        "tl": 12,
+        "th": 12,
+        "vw": 1024,
+        "vl": 24,
+        "vh": 16,
+        "patch": 14,
+        "image": 224,
+        "embed": 768,
+    },
+}
 
 
 def make_tiny_hf_clip(

@@ -34,8 +34,12 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--out", help="output folder (default MODEL/eval-SPLIT)")
     parser.add_argument("--image-dir", help="image folder (default DATA/images)")
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help="padding changes outputs slightly; 1 is exact (default)")  # fmt: skip
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="padding changes outputs slightly; 1 is exact (default)",
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bf16, fp16, auto")
@@ -43,15 +47,26 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--min-size", type=int, help="shorter side (default: model config, 800)")
     parser.add_argument("--max-size", type=int, help="longer side cap (default: config, 1333)")
     parser.add_argument("--top-k", type=int, default=100, help="triplets kept per image")
-    parser.add_argument("--object-score", choices=("softmax", "sigmoid"),
-                        help="object score (default: model config)")  # fmt: skip
-    parser.add_argument("--logit-adjustment", action="store_true", default=None,
-                        help="post-hoc logits -= tau * log(rel_dist)")  # fmt: skip
+    parser.add_argument(
+        "--object-score",
+        choices=("softmax", "sigmoid"),
+        help="object score (default: model config)",
+    )
+    parser.add_argument(
+        "--logit-adjustment",
+        action="store_true",
+        default=None,
+        help="post-hoc logits -= tau * log(rel_dist)",
+    )
     parser.add_argument("--tau", type=float, help="logit adjustment tau (default: config, 0.3)")
-    parser.add_argument("--no-detection-ap", action="store_true",
-                        help="skip COCO AP (no pycocotools needed)")  # fmt: skip
-    parser.add_argument("--no-zero-shot", action="store_true",
-                        help="skip zR@K (needs the training split's annotations)")  # fmt: skip
+    parser.add_argument(
+        "--no-detection-ap", action="store_true", help="skip COCO AP (no pycocotools needed)"
+    )
+    parser.add_argument(
+        "--no-zero-shot",
+        action="store_true",
+        help="skip zR@K (needs the training split's annotations)",
+    )
     parser.add_argument("--train-split", default="train", help="split of the seen triplets")
     parser.add_argument("--no-predictions", action="store_true", help="no predictions.jsonl")
     parser.add_argument("--fps", action="store_true", help="measure throughput instead")
@@ -67,16 +82,29 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from vl_core.images import ImageLoadError
 
     options = EvalOptions(
-        model=Path(args.model), data=Path(args.data), dataset=args.dataset, split=args.split,
+        model=Path(args.model),
+        data=Path(args.data),
+        dataset=args.dataset,
+        split=args.split,
         out=Path(args.out) if args.out else None,
         image_dir=Path(args.image_dir) if args.image_dir else None,
-        batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-        dtype=args.dtype, limit=args.limit, min_size=args.min_size, max_size=args.max_size,
-        top_k=args.top_k, object_score=args.object_score, logit_adjustment=args.logit_adjustment,
-        tau=args.tau, detection_ap=not args.no_detection_ap, zero_shot=not args.no_zero_shot,
-        train_split=args.train_split, write_predictions=not args.no_predictions,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=args.dtype,
+        limit=args.limit,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        top_k=args.top_k,
+        object_score=args.object_score,
+        logit_adjustment=args.logit_adjustment,
+        tau=args.tau,
+        detection_ap=not args.no_detection_ap,
+        zero_shot=not args.no_zero_shot,
+        train_split=args.train_split,
+        write_predictions=not args.no_predictions,
         progress=not args.quiet,
-    )  # fmt: skip
+    )
     try:
         if args.fps:
             result = measure_fps(

@@ -132,9 +132,15 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     min_size = options.min_size or config.image_min_size
     max_size = options.max_size or config.image_max_size
     dataset = load_eval_dataset(
-        options.data, kind, options.split, min_size=min_size, max_size=max_size,
-        mean=config.image_mean, std=config.image_std, image_dir=options.image_dir,
-    )  # fmt: skip
+        options.data,
+        kind,
+        options.split,
+        min_size=min_size,
+        max_size=max_size,
+        mean=config.image_mean,
+        std=config.image_std,
+        image_dir=options.image_dir,
+    )
     _check_label_spaces(dataset, model)
     out_dir = Path(options.out) if options.out else Path(options.model) / f"eval-{options.split}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,10 +209,14 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
                 ]
                 used |= set(det_queries.tolist())
             record["objects"] = [
-                [q, *(round(float(v), 2) for v in boxes[q].tolist()), int(labels[q]),
-                 _score(float(scores[q]))]
+                [
+                    q,
+                    *(round(float(v), 2) for v in boxes[q].tolist()),
+                    int(labels[q]),
+                    _score(float(scores[q])),
+                ]
                 for q in sorted(used)
-            ]  # fmt: skip
+            ]
             if pred_file is not None:
                 pred_file.write(json.dumps(record) + "\n")
     finally:
@@ -257,9 +267,15 @@ def measure_fps(
     model, device = load_model(options)
     config = model.config
     dataset = load_eval_dataset(
-        options.data, kind, options.split, min_size=min_size, max_size=max_size,
-        mean=config.image_mean, std=config.image_std, image_dir=options.image_dir,
-    )  # fmt: skip
+        options.data,
+        kind,
+        options.split,
+        min_size=min_size,
+        max_size=max_size,
+        mean=config.image_mean,
+        std=config.image_std,
+        image_dir=options.image_dir,
+    )
     dtype = next(model.parameters()).dtype
     loader = _loader(dataset, 1, options)
     forward_s = 0.0

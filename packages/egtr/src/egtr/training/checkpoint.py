@@ -31,9 +31,12 @@ def rng_state() -> dict[str, Any]:
             "has_gauss": int(np_state["has_gauss"]),
             "gauss": float(np_state["gauss"]),
         },
-        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
-                   "gauss": gauss},
-    }  # fmt: skip
+        "python": {
+            "version": version,
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -39,9 +39,13 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", required=True, help="configuration file or shipped config name")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a value, e.g. --set train.lr=1e-5 (repeatable; values parsed as YAML)",
-    )  # fmt: skip
+    )
     parser.add_argument("--data", help="data set root directory (sets data.root)")
     parser.add_argument("--init", help="model directory to start from (sets model.init)")
     parser.add_argument("--out", help="output directory (checkpoints, logs, best model)")
@@ -143,18 +147,25 @@ def build_datasets(
 
     def make(split: str) -> Any:
         transforms = build_transforms(
-            split, stage, scales=data.train_scales, max_size=data.max_size,
+            split,
+            stage,
+            scales=data.train_scales,
+            max_size=data.max_size,
             test_size=data.test_size,
-        )  # fmt: skip
+        )
         mirrored = data.flip_predicates
         if data.dataset == "vg":
             return VisualGenomeDataset(
                 root, split, stage=stage, transforms=transforms, flip_predicates=mirrored
             )
         return OpenImagesDataset(
-            root, split, stage=stage, transforms=transforms, max_boxes=data.max_boxes,
+            root,
+            split,
+            stage=stage,
+            transforms=transforms,
+            max_boxes=data.max_boxes,
             flip_predicates=mirrored,
-        )  # fmt: skip
+        )
 
     train = make(data.train_split)
     labels = (list(train.object_labels), list(train.predicate_labels))

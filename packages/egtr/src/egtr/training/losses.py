@@ -306,16 +306,26 @@ class SceneGraphCriterion:
         conn_targets = torch.zeros_like(conn_logits)
         for b in range(batch):
             rel_t = relation_targets(
-                matches[b], targets[b]["rels"], num_queries, num_predicates, perfect,
-                self.smoothing_alpha, device=rel_logits.device,
-            )  # fmt: skip
+                matches[b],
+                targets[b]["rels"],
+                num_queries,
+                num_predicates,
+                perfect,
+                self.smoothing_alpha,
+                device=rel_logits.device,
+            )
             conn_targets[b] = rel_t.connected
             logits_b = rel_logits[b].reshape(-1)
             if sample:
                 index = sample_relation_entries(
-                    rel_logits[b], rel_t.positive, rel_t.matched, s.negatives_ratio,
-                    s.nonmatching_ratio, s.negatives_largest, s.nonmatching_largest,
-                )  # fmt: skip
+                    rel_logits[b],
+                    rel_t.positive,
+                    rel_t.matched,
+                    s.negatives_ratio,
+                    s.nonmatching_ratio,
+                    s.negatives_largest,
+                    s.nonmatching_largest,
+                )
                 rel_terms.append(
                     F.binary_cross_entropy_with_logits(
                         logits_b[index], rel_t.target.reshape(-1)[index], reduction="none"

@@ -25,8 +25,10 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                logger.warning("train.tensorboard is on but tensorboard is not installed; "
-                               "writing %s only", self.path)  # fmt: skip
+                logger.warning(
+                    "train.tensorboard is on but tensorboard is not installed; writing %s only",
+                    self.path,
+                )
             else:
                 self._writer = SummaryWriter(str(self.path.parent / "tensorboard"))
 

@@ -56,9 +56,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     if not groups:
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(
-        groups, lr=config.lr, betas=(config.betas[0], config.betas[1]),
+        groups,
+        lr=config.lr,
+        betas=(config.betas[0], config.betas[1]),
         weight_decay=config.weight_decay,
-    )  # fmt: skip
+    )
     return optimizer
 
 

@@ -155,9 +155,13 @@ class Trainer:
         self.train_data = SeededDataset(train_dataset, t.seed)
         self.val_data = SeededDataset(val_dataset, t.seed) if val_dataset is not None else None
         self.sampler = GlobalBatchSampler(
-            len(train_dataset), t.batch_size, self.accumulation,  # type: ignore[arg-type]
-            self.dist.world_size, self.dist.rank, t.seed,
-        )  # fmt: skip
+            len(train_dataset),
+            t.batch_size,
+            self.accumulation,  # type: ignore[arg-type]
+            self.dist.world_size,
+            self.dist.rank,
+            t.seed,
+        )
         self.amp_dtype = resolve_amp(t.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if t.deterministic:
@@ -191,8 +195,10 @@ class Trainer:
         t = self.config.train
         if resume and self.checkpoint_path.is_file():
             self.load_state(load_checkpoint(self.checkpoint_path))
-            self._info(f"resumed from {self.checkpoint_path} at step {self.state.global_step} "
-                       f"({self.state.phase}, epoch {self.state.epoch})")  # fmt: skip
+            self._info(
+                f"resumed from {self.checkpoint_path} at step {self.state.global_step} "
+                f"({self.state.phase}, epoch {self.state.epoch})"
+            )
         else:
             _seed_everything(t.seed + self.dist.rank)
         if self.dist.is_main:
@@ -227,9 +233,14 @@ class Trainer:
             self.module.save_pretrained(self.out_dir / "final")
         distributed.barrier()
         return FitResult(
-            self.state.global_step, self.state.phase, self.state.epoch, finished,
-            self.state.best_val_loss, self.out_dir, list(self.val_history),
-        )  # fmt: skip
+            self.state.global_step,
+            self.state.phase,
+            self.state.epoch,
+            finished,
+            self.state.best_val_loss,
+            self.out_dir,
+            list(self.val_history),
+        )
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -241,9 +252,11 @@ class Trainer:
             raise ValueError("no validation data set")
         t = self.config.train
         sampler = ShardSampler(
-            len(self.val_data), t.val_batch_size or t.batch_size,
-            self.dist.world_size, self.dist.rank,
-        )  # fmt: skip
+            len(self.val_data),
+            t.val_batch_size or t.batch_size,
+            self.dist.world_size,
+            self.dist.rank,
+        )
         loader = self._loader(self.val_data, sampler, -1)
         self.module.train(False)
         names: list[str] | None = None
@@ -326,9 +339,11 @@ class Trainer:
             return False
         batches = iter(self._loader(self.train_data, self.sampler, s.epochs_total))
         bar = _progress(
-            steps, s.step_in_epoch, f"{s.phase} epoch {s.epoch}",
+            steps,
+            s.step_in_epoch,
+            f"{s.phase} epoch {s.epoch}",
             enabled=t.progress and self.dist.is_main,
-        )  # fmt: skip
+        )
         self.module.train()
         try:
             while s.step_in_epoch < steps:
@@ -410,9 +425,11 @@ class Trainer:
         )
         with autocast:
             outputs = model(
-                pixel_values, pixel_mask,
-                detector_only=self.detector_only, output_auxiliary=self.config.loss.auxiliary,
-            )  # fmt: skip
+                pixel_values,
+                pixel_mask,
+                detector_only=self.detector_only,
+                output_auxiliary=self.config.loss.auxiliary,
+            )
         return self.criterion(outputs, moved, sample_relations=sample)
 
     def _end_epoch(self) -> None:
@@ -423,13 +440,21 @@ class Trainer:
         if self.val_data is not None and s.epoch % t.validate_every == 0:
             metrics = self.validate()
             improved = s.best_val_loss is None or metrics["loss"] < s.best_val_loss
-            record = {"event": "val", "phase": s.phase, "epoch": s.epochs_total,
-                      "step": s.global_step, **metrics, "best": improved}  # fmt: skip
+            record = {
+                "event": "val",
+                "phase": s.phase,
+                "epoch": s.epochs_total,
+                "step": s.global_step,
+                **metrics,
+                "best": improved,
+            }
             self.val_history.append(record)
             if self._log is not None:
                 self._log.write(record)
-            self._info(f"validation ({s.phase} epoch {s.epoch}): loss {metrics['loss']:.4f}"
-                       + (" (best)" if improved else ""))  # fmt: skip
+            self._info(
+                f"validation ({s.phase} epoch {s.epoch}): loss {metrics['loss']:.4f}"
+                + (" (best)" if improved else "")
+            )
             if improved:
                 s.best_val_loss = metrics["loss"]
                 s.bad_epochs = 0
@@ -438,8 +463,10 @@ class Trainer:
                 s.bad_epochs += 1
                 if t.patience is not None and s.bad_epochs >= t.patience:
                     s.phase_stopped = True
-                    self._info(f"early stop of the {s.phase} phase: {s.bad_epochs} validations "
-                               "without improvement")  # fmt: skip
+                    self._info(
+                        f"early stop of the {s.phase} phase: {s.bad_epochs} validations "
+                        "without improvement"
+                    )
         self.save_checkpoint()
 
     def _save_best(self, record: dict[str, Any]) -> None:
@@ -459,16 +486,21 @@ class Trainer:
             weights = load_file(str(best), device=str(self.device))
             missing, unexpected = self.module.load_state_dict(weights, strict=False)
             if unexpected or [k for k in missing if "num_batches_tracked" not in k]:
-                raise RuntimeError(f"best weights do not fit: missing {missing}, "
-                                   f"unexpected {unexpected}")  # fmt: skip
+                raise RuntimeError(
+                    f"best weights do not fit: missing {missing}, unexpected {unexpected}"
+                )
             self._info(f"continuation from the best checkpoint (val loss {s.best_val_loss})")
         else:
             self._info("continuation from the current weights (no validation checkpoint)")
         self.optimizer = build_optimizer(self.module, t)
         self.schedule = PhaseSchedule(self.optimizer, t.continuation_lr_factor)
         s.phase, s.epoch, s.step_in_epoch, s.bad_epochs, s.phase_stopped = (
-            "continuation", 0, 0, 0, False,
-        )  # fmt: skip
+            "continuation",
+            0,
+            0,
+            0,
+            False,
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -501,11 +533,17 @@ class Trainer:
         averaged = {k: v / self._window_steps for k, v in self._window.items()}
         self._window, self._window_steps = {}, 0
         if self._log is not None:
-            self._log.write({
-                "event": "train", "phase": s.phase, "epoch": s.epochs_total,
-                "step": s.global_step, **averaged, "lr": self.schedule.learning_rates(),
-                "time": round(time.monotonic() - self._started, 3),
-            })  # fmt: skip
+            self._log.write(
+                {
+                    "event": "train",
+                    "phase": s.phase,
+                    "epoch": s.epochs_total,
+                    "step": s.global_step,
+                    **averaged,
+                    "lr": self.schedule.learning_rates(),
+                    "time": round(time.monotonic() - self._started, 3),
+                }
+            )
 
     def _component_names(self) -> list[str]:
         names = ["loss", "ce", "bbox", "giou"]
