@@ -1,10 +1,10 @@
-"""Loading through the public factory: every name form, both CLIP families, timm, clear errors."""
+"""Loading through the public factory: every name form, both CLIP families, clear errors."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -17,7 +17,6 @@ from vl_core.clip import ClipBackbone
 from vl_core.factory import load_backbone, load_clip, register_backbone, split_name
 from vl_core.hub import ModelNotAvailableError
 from vl_core.testing import TINY_EMBED, TINY_LAYERS
-from vl_core.timm_backbone import TimmBackbone, load_timm
 
 # --- name forms ------------------------------------------------------------------------------
 
@@ -75,7 +74,6 @@ def test_other_name_forms_load_the_saved_weights(
 def test_split_name(hf_dir: Path, openclip_dir: Path) -> None:
     assert split_name("hf:openai/clip-vit-base-patch32") == ("hf", "openai/clip-vit-base-patch32")
     assert split_name("openclip:ViT-B-32/openai") == ("openclip", "ViT-B-32/openai")
-    assert split_name("timm:resnet50") == ("timm", "resnet50")
     assert split_name(str(hf_dir)) == ("hf", str(hf_dir))
     assert split_name(str(openclip_dir)) == ("openclip", str(openclip_dir))
 
@@ -204,8 +202,8 @@ def test_bad_names_give_clear_errors(
         load_clip(name, device="cpu")
 
 
-def test_timm_name_is_not_a_clip() -> None:
-    with pytest.raises(TypeError, match="not a CLIP model"):
+def test_timm_is_not_a_registered_family() -> None:
+    with pytest.raises(ValueError, match="unknown model family 'timm'"):
         load_clip("timm:resnet18", device="cpu")
 
 
@@ -213,14 +211,16 @@ def test_register_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(factory, "_REGISTRY", dict(factory._REGISTRY))
     calls: list[tuple[str, torch.device, torch.dtype]] = []
 
-    def loader(name: str, device: torch.device, dtype: torch.dtype) -> TimmBackbone:
+    sentinel = cast(ClipBackbone, object())
+
+    def loader(name: str, device: torch.device, dtype: torch.dtype) -> ClipBackbone:
         calls.append((name, device, dtype))
-        return TimmBackbone(name=name, model=nn.Identity(), channels=(1,), reductions=(1,))
+        return sentinel
 
     register_backbone("toy", loader)
     assert "toy" in factory.available_families()
     backbone = load_backbone("toy:a/b:c", device="cpu", dtype="fp16")
-    assert isinstance(backbone, TimmBackbone)
+    assert backbone is sentinel
     assert calls == [("a/b:c", torch.device("cpu"), torch.float16)]
     with pytest.raises(ValueError, match="identifier"):
         register_backbone("not-an-identifier", loader)
@@ -250,22 +250,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[object]:
     return attempts
 
 
-@pytest.mark.parametrize(
-    "name", ["hf:openai/clip-vit-base-patch32", "openclip:ViT-B-32/openai", "timm-pretrained"]
-)
+@pytest.mark.parametrize("name", ["hf:openai/clip-vit-base-patch32", "openclip:ViT-B-32/openai"])
 def test_offline_hub_model_fails_fast_with_clear_error(name: str, no_network: list[object]) -> None:
     import huggingface_hub.constants
 
     def load() -> object:
-        if name == "timm-pretrained":
-            return load_timm("resnet18", pretrained=True)
         return load_clip(name, device="cpu")
 
     with pytest.raises(ModelNotAvailableError) as info:
         load()
     error = info.value
     message = str(error)
-    expected_name = "timm:resnet18" if name == "timm-pretrained" else name
+    expected_name = name
     assert error.name == expected_name
     assert repr(expected_name) in message
     assert "HF_HUB_OFFLINE" in message
@@ -274,22 +270,3 @@ def test_offline_hub_model_fails_fast_with_clear_error(name: str, no_network: li
     assert error.__cause__ is not None
     assert no_network == []  # failed without trying the network
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # client switch restored
-
-
-# --- timm --------------------------------------------------------------------------------------
-
-
-def test_timm_feature_extractor_offline() -> None:
-    backbone = load_timm("resnet18", pretrained=False, out_indices=(2, 3, 4))
-    assert backbone.channels == (128, 256, 512)
-    assert backbone.reductions == (8, 16, 32)
-    with torch.no_grad():
-        features = backbone.model(torch.zeros(2, 3, 64, 64))
-    assert [tuple(f.shape) for f in features] == [(2, 128, 8, 8), (2, 256, 4, 4), (2, 512, 2, 2)]
-
-
-def test_timm_through_the_factory() -> None:
-    backbone = load_backbone("timm:resnet18", device="cpu", dtype="float32")
-    assert isinstance(backbone, TimmBackbone)
-    assert backbone.name == "resnet18"
-    assert backbone.reductions == (4, 8, 16, 32)  # default out_indices (1, 2, 3, 4)

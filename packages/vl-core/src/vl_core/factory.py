@@ -1,4 +1,9 @@
-"""One factory over a small registry of backbone families: ``hf:``, ``openclip:``, ``timm:``."""
+"""One factory over a small registry of CLIP families: ``hf:`` and ``openclip:``.
+
+Only the families the packages use are registered (egtr's ResNet comes from transformers'
+``use_timm_backbone`` inside ``DeformableDetrModel``, not from this factory); `register_backbone`
+adds others.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,8 @@ import torch
 
 from vl_core.clip import ClipBackbone
 from vl_core.devices import DeviceLike, DTypeLike, resolve_device, resolve_dtype
-from vl_core.timm_backbone import TimmBackbone, load_timm
 
-Backbone = ClipBackbone | TimmBackbone
+Backbone = ClipBackbone
 Loader = Callable[[str, torch.device, torch.dtype], Backbone]
 
 _REGISTRY: dict[str, Loader] = {}
@@ -25,7 +29,7 @@ def register_backbone(prefix: str, loader: Loader) -> None:
 
 
 def available_families() -> list[str]:
-    """Registered prefixes, e.g. ``['hf', 'openclip', 'timm']``."""
+    """Registered prefixes, e.g. ``['hf', 'openclip']``."""
     return sorted(_REGISTRY)
 
 
@@ -82,12 +86,5 @@ def _load_openclip(name: str, device: torch.device, dtype: torch.dtype) -> Backb
     return OpenClipBackbone.load(name, device, dtype)
 
 
-def _load_timm(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
-    backbone = load_timm(name, device=device)
-    backbone.model.to(dtype=dtype)
-    return backbone
-
-
 register_backbone("hf", _load_hf)
 register_backbone("openclip", _load_openclip)
-register_backbone("timm", _load_timm)
