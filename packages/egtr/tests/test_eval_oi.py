@@ -1,5 +1,6 @@
 """Open Images metrics: candidates, microR@50, wmAP_rel/phr and score_wtd against hand-built
-cases and literal loop implementations."""
+cases and literal loop implementations, under both AP overlaps (the reference protocol's and the
+consistent +1-pixel IoU); detection AP with the reference's inclusive boxes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_eval_boxes import literal_iou
+from test_eval_boxes import literal_iou, literal_reference_overlap
 from test_eval_sgg_vg import _literal_hit, _random_image
 
-from egtr.evaluation import GroundTruth, OIEvaluator, PredictedTriplets, oi_candidates, voc_ap
+from egtr.evaluation import (
+    DetectionEvaluator,
+    GroundTruth,
+    OIEvaluator,
+    PredictedTriplets,
+    oi_candidates,
+    voc_ap,
+)
+
+LITERAL_OVERLAPS = {"reference": literal_reference_overlap, "consistent": literal_iou}
 
 
 def test_candidates_match_a_literal_enumeration() -> None:
@@ -62,26 +72,71 @@ def _hand_case() -> list[tuple[GroundTruth, PredictedTriplets]]:
     gt_b = GroundTruth.create([[0, 0, 9, 9], [10, 0, 19, 9]], [2, 2], [[0, 1, 1]])
     pred_b = PredictedTriplets.create(
         [[0, 0, 4, 9], [10, 0, 19, 9]], [2, 2], [0], [1], [1], [0.6]
-    )  # subject IoU exactly 0.5: recalled (>=) but not an AP_rel hit (>); union boxes equal
+    )  # subject IoU exactly 0.5: recalled (>=) but not an AP_rel hit (>) under the consistent
+    # overlap; the reference's overlap is 50 / 67, a hit. Union boxes equal.
     return [(gt_a, pred_a), (gt_b, pred_b)]
 
 
-def test_hand_built_metrics() -> None:
-    evaluator = OIEvaluator(3, predicate_names=["p0", "p1", "p2"])
+@pytest.mark.parametrize(("ap_overlap", "p1_rel"), [("reference", 1.0), ("consistent", 0.0)])
+def test_hand_built_metrics(ap_overlap: str, p1_rel: float) -> None:
+    evaluator = OIEvaluator(3, predicate_names=["p0", "p1", "p2"], ap_overlap=ap_overlap)
     for gt, pred in _hand_case():
         evaluator.add(gt, pred)
     result = evaluator.compute()
     assert result["microR@50"] == 1
-    assert evaluator.average_precisions("rel").tolist() == pytest.approx([5 / 6, 0, 0])
+    assert evaluator.average_precisions("rel").tolist() == pytest.approx([5 / 6, p1_rel, 0])
     assert evaluator.average_precisions("phr").tolist() == pytest.approx([5 / 6, 1, 0])
-    assert result["wmAP_rel"] == pytest.approx((5 / 6 * 2 + 0) / 3)
+    assert result["wmAP_rel"] == pytest.approx((5 / 6 * 2 + p1_rel) / 3)
     assert result["wmAP_phr"] == pytest.approx((5 / 6 * 2 + 1) / 3)
-    assert result["mAP_rel"] == pytest.approx(5 / 12)  # over the two predicates present
+    assert result["mAP_rel"] == pytest.approx((5 / 6 + p1_rel) / 2)  # the predicates present
+    assert result["mAP_rel_all_predicates"] == pytest.approx((5 / 6 + p1_rel) / 3)  # all three
     expected = 0.2 * 1 + 0.4 * result["wmAP_rel"] + 0.4 * result["wmAP_phr"]
     assert result["score_wtd"] == pytest.approx(expected)
-    assert result["per_predicate"]["p1"] == {"gt": 1, "AP_rel": 0, "AP_phr": 1}
+    assert result["per_predicate"]["p1"] == {"gt": 1, "AP_rel": p1_rel, "AP_phr": 1}
     assert "p2" not in result["per_predicate"]
     assert (result["images"], result["gt_relations"]) == (2, 3)
+    assert result["ap_overlap"] == ap_overlap
+
+
+def _overlap_case() -> tuple[GroundTruth, PredictedTriplets]:
+    """Two 30 x 30-pixel GT boxes at the same place (relation p0) and two more 100 pixels to
+    the right (p1). The p0 triplet is predicted 10 pixels to the right: +1 IoU 600 / 1200 = 0.5
+    for both boxes and the union box, the reference's overlap 600 / 1082 = 0.555. The p1 triplet
+    is predicted exactly."""
+    gt = GroundTruth.create(
+        [[0, 0, 29, 29], [0, 0, 29, 29], [100, 0, 129, 29], [100, 0, 129, 29]],
+        [0, 1, 0, 1],
+        [[0, 1, 0], [2, 3, 1]],
+    )
+    pred = PredictedTriplets.create(
+        [[10, 0, 39, 29], [10, 0, 39, 29], [100, 0, 129, 29], [100, 0, 129, 29]],
+        [0, 1, 0, 1],
+        subjects=[0, 2],
+        objects=[1, 3],
+        predicates=[0, 1],
+        scores=[0.9, 0.8],
+    )
+    return gt, pred
+
+
+def test_ap_overlap_options_differ_on_a_hand_built_case() -> None:
+    gt, pred = _overlap_case()
+    results = {}
+    for ap_overlap in ("reference", "consistent"):
+        evaluator = OIEvaluator(2, ap_overlap=ap_overlap)
+        evaluator.add(gt, pred)
+        results[ap_overlap] = evaluator.compute()
+    reference, consistent = results["reference"], results["consistent"]
+    # microR@50 uses the +1 IoU and >= 0.5 under both options: both GT relations are recalled
+    assert reference["microR@50"] == consistent["microR@50"] == 1
+    # reference: both triplets are true positives; consistent: 0.5 is not > 0.5 for p0
+    assert reference["wmAP_rel"] == reference["wmAP_phr"] == 1
+    assert consistent["wmAP_rel"] == consistent["wmAP_phr"] == 0.5
+    assert reference["score_wtd"] == pytest.approx(1.0)
+    assert consistent["score_wtd"] == pytest.approx(0.2 + 0.4 * 0.5 + 0.4 * 0.5)
+    assert OIEvaluator(2).compute()["ap_overlap"] == "reference"  # the default
+    with pytest.raises(ValueError, match="ap_overlap"):
+        OIEvaluator(2, ap_overlap="plain")
 
 
 def test_recall_counts_only_the_first_50() -> None:
@@ -106,7 +161,10 @@ def _literal_union(a: np.ndarray, b: np.ndarray) -> list[float]:
     return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
 
 
-def _literal_ap(images: list[tuple[GroundTruth, PredictedTriplets]], c: int, kind: str) -> float:
+def _literal_ap(
+    images: list[tuple[GroundTruth, PredictedTriplets]], c: int, kind: str, ap_overlap: str
+) -> float:
+    overlap = LITERAL_OVERLAPS[ap_overlap]
     dets = [
         (float(pred.scores[t]), i, t)
         for i, (_, pred) in enumerate(images)
@@ -129,11 +187,11 @@ def _literal_ap(images: list[tuple[GroundTruth, PredictedTriplets]], c: int, kin
             if gt.labels[s] == pred.labels[ps] and gt.labels[o] == pred.labels[po]:
                 if kind == "rel":
                     ov = min(
-                        literal_iou(list(gt.boxes[s]), list(pred.boxes[ps])),
-                        literal_iou(list(gt.boxes[o]), list(pred.boxes[po])),
+                        overlap(list(pred.boxes[ps]), list(gt.boxes[s])),
+                        overlap(list(pred.boxes[po]), list(gt.boxes[o])),
                     )
                 else:
-                    ov = literal_iou(
+                    ov = overlap(
                         _literal_union(gt.boxes[s], gt.boxes[o]),
                         _literal_union(pred.boxes[ps], pred.boxes[po]),
                     )
@@ -157,7 +215,8 @@ def _literal_ap(images: list[tuple[GroundTruth, PredictedTriplets]], c: int, kin
     return sum((mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1))
 
 
-def test_matches_literal_implementations_on_random_data() -> None:
+@pytest.mark.parametrize("ap_overlap", ["reference", "consistent"])
+def test_matches_literal_implementations_on_random_data(ap_overlap: str) -> None:
     rng = np.random.default_rng(3)
     images = []
     for _ in range(30):
@@ -171,7 +230,7 @@ def test_matches_literal_implementations_on_random_data() -> None:
                 ),
             )
         )
-    evaluator = OIEvaluator(4, recall_k=25)
+    evaluator = OIEvaluator(4, recall_k=25, ap_overlap=ap_overlap)
     for gt, pred in images:
         evaluator.add(gt, pred)
     result = evaluator.compute()
@@ -184,7 +243,19 @@ def test_matches_literal_implementations_on_random_data() -> None:
     assert result["microR@25"] == pytest.approx(matched / total)
     npos = np.array([sum(int((gt.rels[:, 2] == c).sum()) for gt, _ in images) for c in range(4)])
     for kind in ("rel", "phr"):
-        literal = np.array([_literal_ap(images, c, kind) for c in range(4)])
+        literal = np.array([_literal_ap(images, c, kind, ap_overlap) for c in range(4)])
         assert evaluator.average_precisions(kind) == pytest.approx(literal)
         assert result[f"wmAP_{kind}"] == pytest.approx((literal * npos).sum() / npos.sum())
         assert 0.05 < result[f"wmAP_{kind}"] < 0.95
+
+
+def test_detection_ap_with_the_references_inclusive_boxes() -> None:
+    pytest.importorskip("pycocotools")
+    gt, det = [[0.0, 0, 9, 9]], [[0.0, 0, 4.4, 9]]
+    ap50 = {}
+    for inclusive in (False, True):
+        evaluator = DetectionEvaluator(1, inclusive_boxes=inclusive)
+        evaluator.add(1, gt, [0], det, [0], [0.9])
+        ap50[inclusive] = evaluator.compute()["AP50"]
+    assert ap50[False] == 0  # COCO IoU of the boxes as given: 39.6 / 81 = 0.49
+    assert ap50[True] == pytest.approx(1.0)  # one pixel wider and higher: 54 / 100 = 0.54

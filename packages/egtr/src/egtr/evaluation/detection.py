@@ -3,7 +3,9 @@
 Detections per image, as the protocols: ``"sigmoid_topk"`` (Visual Genome) — the top 100 of all
 ``N x C`` sigmoid class scores, each with its query's box; ``"per_query"`` (Open Images) — one
 detection per query, its argmax class with the object score. COCO boxes are ``(x, y, x2 - x1,
-y2 - y1)`` (COCO's own continuous IoU, not the +1 convention).
+y2 - y1)`` (COCO's own continuous IoU, as the Visual Genome reference), or with
+``inclusive_boxes`` ``(x, y, x2 - x1 + 1, y2 - y1 + 1)`` for ground truth and detections alike (the
+Open Images reference; COCO's IoU of such boxes is the +1-pixel IoU).
 """
 
 from __future__ import annotations
@@ -56,10 +58,13 @@ class DetectionEvaluator:
     """Collects GT boxes and detections per image; :meth:`compute` runs COCO evaluation.
 
     Boxes are xyxy in original pixels; labels are 0-based (stored as COCO category ``label + 1``).
+    ``inclusive_boxes``: widths and heights ``x2 - x1 + 1`` (the Open Images reference) instead of
+    ``x2 - x1`` (Visual Genome).
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, *, inclusive_boxes: bool = False) -> None:
         self.num_classes = num_classes
+        self.inclusive_boxes = inclusive_boxes
         self._images: list[int] = []
         self._gts: list[dict[str, Any]] = []
         self._dets: list[dict[str, Any]] = []
@@ -76,29 +81,34 @@ class DetectionEvaluator:
         """Add one image's ground truth and detections (arrays or tensors)."""
         self._images.append(int(image_id))
         for box, label in zip(_rows(gt_boxes), _flat(gt_labels), strict=True):
-            x1, y1, x2, y2 = (float(v) for v in box)
+            bbox = self._coco_box(box)
             self._gts.append(
                 {
                     "id": len(self._gts) + 1,  # COCOeval treats id 0 as "unmatched"
                     "image_id": int(image_id),
                     "category_id": int(label) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": max(x2 - x1, 0.0) * max(y2 - y1, 0.0),
+                    "bbox": bbox,
+                    "area": max(bbox[2], 0.0) * max(bbox[3], 0.0),
                     "iscrowd": 0,
                 }
             )
         for box, label, score in zip(
             _rows(det_boxes), _flat(det_labels), _flat(det_scores), strict=True
         ):
-            x1, y1, x2, y2 = (float(v) for v in box)
             self._dets.append(
                 {
                     "image_id": int(image_id),
                     "category_id": int(label) + 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "bbox": self._coco_box(box),
                     "score": float(score),
                 }
             )
+
+    def _coco_box(self, box: npt.NDArray[np.float64]) -> list[float]:
+        """COCO ``[x, y, w, h]`` of one xyxy box (``+ 1`` on ``w``, ``h`` with inclusive boxes)."""
+        x1, y1, x2, y2 = (float(v) for v in box)
+        pad = 1.0 if self.inclusive_boxes else 0.0
+        return [x1, y1, x2 - x1 + pad, y2 - y1 + pad]
 
     def compute(self) -> dict[str, float]:
         """``AP`` (IoU .50:.95), ``AP50`` and ``AP75`` over the images added (NaN without GT)."""

@@ -9,8 +9,12 @@ dropping scores <= 1e-5.
 - wmAP_rel / wmAP_phr: per predicate, VOC AP (all-point interpolation) of the candidates with
   that predicate over the whole split, weighted by the predicate's GT count. A candidate is a
   true positive when its best-overlapping GT relation (same predicate and classes) overlaps by
-  more than 0.5 and was not taken by a higher-scored candidate; overlap is ``min(IoU_subject,
-  IoU_object)`` (rel) or the IoU of the union boxes (phr), +1-pixel convention throughout.
+  more than 0.5 and was not taken by a higher-scored candidate; overlap is ``min(overlap_subject,
+  overlap_object)`` (rel) or the overlap of the union boxes (phr). By default
+  (``ap_overlap="reference"``) the box overlap is the reference protocol's
+  :func:`~egtr.evaluation.boxes.oi_reference_ap_overlap` (+1 pixel in the intersection only,
+  float32), so that the numbers compare with the literature; ``ap_overlap="consistent"`` uses the
+  +1-pixel IoU of the rest of the protocol instead.
   Candidates are ranked with a stable sort (ties: image order, then candidate rank).
 - score_wtd = 0.2 * microR@50 + 0.4 * wmAP_rel + 0.4 * wmAP_phr.
 """
@@ -26,17 +30,19 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from egtr.evaluation.boxes import box_iou, union_boxes
+from egtr.evaluation.boxes import box_iou, oi_reference_ap_overlap, union_boxes
 from egtr.evaluation.matching import (
     GroundTruth,
     PredictedTriplets,
     first_hit_rank,
     label_matches,
-    pair_ious,
     triplet_hits,
 )
 
 FloatArray = npt.NDArray[np.float64]
+
+#: Box overlaps of wmAP_rel / wmAP_phr: the reference protocol's (default) or the +1-pixel IoU.
+AP_OVERLAPS = ("reference", "consistent")
 
 
 def oi_candidates(
@@ -83,7 +89,12 @@ def voc_ap(recall: FloatArray, precision: FloatArray) -> float:
 
 
 class OIEvaluator:
-    """Accumulates Open Images V6 metrics over images; :meth:`compute` returns them."""
+    """Accumulates Open Images V6 metrics over images; :meth:`compute` returns them.
+
+    ``ap_overlap`` (one of :data:`AP_OVERLAPS`) picks the box overlap of wmAP_rel / wmAP_phr:
+    ``"reference"`` (default) the reference protocol's, ``"consistent"`` the +1-pixel IoU that
+    microR@50 uses. Raises ``ValueError`` for any other value.
+    """
 
     def __init__(
         self,
@@ -92,7 +103,11 @@ class OIEvaluator:
         recall_k: int = 50,
         iou_threshold: float = 0.5,
         predicate_names: Sequence[str] | None = None,
+        ap_overlap: str = "reference",
     ) -> None:
+        if ap_overlap not in AP_OVERLAPS:
+            raise ValueError(f"ap_overlap must be one of {AP_OVERLAPS}, got {ap_overlap!r}")
+        self.ap_overlap = ap_overlap
         self.num_predicates = num_predicates
         self.recall_k = recall_k
         self.iou_threshold = iou_threshold
@@ -119,12 +134,15 @@ class OIEvaluator:
         if len(pred) == 0:
             return
         if num_gt:
+            overlap = oi_reference_ap_overlap if self.ap_overlap == "reference" else box_iou
             valid = label_matches(gt, pred).T  # [T, G]
-            subj, obj = pair_ious(gt, pred)
-            rel_overlap = np.where(valid, np.minimum(subj, obj).T, 0.0)
+            box_overlap = overlap(pred.boxes, gt.boxes)  # [N, M], once per box pair
+            subj = box_overlap[pred.subjects[:, None], gt.rels[:, 0][None, :]]
+            obj = box_overlap[pred.objects[:, None], gt.rels[:, 1][None, :]]
+            rel_overlap = np.where(valid, np.minimum(subj, obj), 0.0)
             gt_union = union_boxes(gt.boxes[gt.rels[:, 0]], gt.boxes[gt.rels[:, 1]])
             pred_union = union_boxes(pred.boxes[pred.subjects], pred.boxes[pred.objects])
-            phr_overlap = np.where(valid, box_iou(pred_union, gt_union), 0.0)
+            phr_overlap = np.where(valid, overlap(pred_union, gt_union), 0.0)
             rel_best, phr_best = rel_overlap.argmax(1), phr_overlap.argmax(1)
             rel_ok = rel_overlap.max(1) > self.iou_threshold
             phr_ok = phr_overlap.max(1) > self.iou_threshold
@@ -143,7 +161,8 @@ class OIEvaluator:
         )
 
     def average_precisions(self, kind: str) -> FloatArray:
-        """Per-predicate VOC AP ``[P]`` (``kind`` ``"rel"`` or ``"phr"``; 0 where no GT)."""
+        """Per-predicate VOC AP ``[P]`` (``kind`` ``"rel"`` or ``"phr"``; 0 where no GT).
+        Raises ``ValueError`` for another ``kind``."""
         if kind not in ("rel", "phr"):
             raise ValueError(f"kind must be 'rel' or 'phr', got {kind!r}")
         aps = np.zeros(self.num_predicates)
@@ -169,7 +188,10 @@ class OIEvaluator:
 
     def compute(self) -> dict[str, Any]:
         """``microR@50``, ``wmAP_rel``, ``wmAP_phr``, ``score_wtd``, unweighted ``mAP_rel`` /
-        ``mAP_phr`` over the predicates present, per-predicate APs and counts (NaN without GT)."""
+        ``mAP_phr`` over the predicates present and ``mAP_rel_all_predicates`` /
+        ``mAP_phr_all_predicates`` over all ``P`` (the reference's unweighted mAP: an absent
+        predicate counts as AP 0), per-predicate APs and counts, and the ``ap_overlap`` used.
+        Metrics without any GT relation are NaN."""
         result: dict[str, Any] = {}
         total = int(self._npos.sum())
         recall = self._matched / self._num_gt if self._num_gt else math.nan
@@ -183,9 +205,13 @@ class OIEvaluator:
             weighted = float((aps * self._npos).sum() / total) if total else math.nan
             result[f"wmAP_{kind}"] = weighted
             result[f"mAP_{kind}"] = float(aps[present].mean()) if total else math.nan
+            result[f"mAP_{kind}_all_predicates"] = (
+                float(aps.sum() / self.num_predicates) if total else math.nan
+            )
             for i, name in enumerate(self.predicate_names):
                 per_predicate[name][f"AP_{kind}"] = float(aps[i])
         result["score_wtd"] = 0.2 * recall + 0.4 * result["wmAP_rel"] + 0.4 * result["wmAP_phr"]
+        result["ap_overlap"] = self.ap_overlap
         result["images"] = self.images
         result["gt_relations"] = total
         result["per_predicate"] = {
