@@ -36,7 +36,7 @@ DEV = [
 ]
 MEMBERS = {
     "vl-core": "packages/vl-core[openclip,timm]",
-    "clip4dm": "packages/clip4dm[nli,viz]",
+    "clip4dm": "packages/clip4dm[nli,viz,torchmetrics]",
     "egtr": "packages/egtr[viz,eval]",
 }
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -76,7 +76,7 @@ def _run(session: nox.Session, tool: str, *args: str) -> None:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """CPU test suite of all three packages (excludes `gpu` and `slow`)."""
+    """CPU test suite of all three packages and tools/ (excludes `gpu` and `slow`)."""
     _run(session, "pytest", "-m", "not gpu and not slow", *session.posargs)
 
 
@@ -104,7 +104,7 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the three src/ trees and the typing/ user programs."""
+    """mypy --strict over the three src/ trees, tools/ (with its tests) and the typing/ programs."""
     _run(session, "mypy", *session.posargs)
 
 

@@ -1,11 +1,21 @@
-"""load_image on real files of every mode, in-memory sources, and broken or oversized inputs."""
+"""load_image on real files of every mode, in-memory sources, URLs served on 127.0.0.1, and broken
+or oversized inputs."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
+import re
+import socket
 import struct
+import threading
+import time
 import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -13,11 +23,15 @@ import torch
 from PIL import Image
 
 from vl_core.images import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
+    ImageDownloadError,
+    ImageDownloadTooLargeError,
     ImageLoadError,
     ImageNotFoundError,
     ImageTooLargeError,
     describe_source,
+    is_url,
     load_image,
     load_images,
 )
@@ -395,3 +409,261 @@ def test_describe_source_names_each_kind(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with path.open("rb") as handle:
         assert describe_source(handle) == f"<file {str(path)!r}>"
+
+
+# --- URLs, against a local HTTP server on 127.0.0.1 ---------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves the routes of `web`; each request ends by itself within a few seconds."""
+
+    timeout = 10  # a stuck connection ends by itself
+    routes: ClassVar[dict[str, Callable[[_Handler], None]]] = {}
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(dict(self.headers.items()))
+        route = type(self).routes.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            route(self)  # the client may give up on purpose (size or time limit)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def send_body(self, body: bytes, *, length: int | None) -> None:
+        """200 with ``body``; ``length`` is the Content-Length sent (None: none, close-delimited)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class Web:
+    base: str
+    png: bytes
+    seen: list[dict[str, str]]
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@pytest.fixture
+def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
+    """A threaded HTTP server on 127.0.0.1 (never a real network), shut down after the test."""
+    monkeypatch.setenv("no_proxy", "*")  # a proxy set on the machine must not see 127.0.0.1
+    monkeypatch.setenv("NO_PROXY", "*")
+    png = random_png(tmp_path / "served.png", size=16)
+    bomb = png_claiming_size(png, 100_000, 100_000)
+    big = png + b"\0" * 5000
+
+    def slow_headers(h: _Handler) -> None:
+        time.sleep(3.0)
+        h.send_body(png, length=len(png))
+
+    def drip(h: _Handler) -> None:  # each byte arrives quickly, the whole never in time
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(png)))
+        h.end_headers()
+        for i in range(20):
+            h.wfile.write(png[i : i + 1])
+            h.wfile.flush()
+            time.sleep(0.15)
+
+    def declared_huge(h: _Handler) -> None:  # the body would come late: refusing must not wait
+        h.send_response(200)
+        h.send_header("Content-Length", str(10**9))
+        h.end_headers()
+        h.wfile.flush()
+        time.sleep(3.0)
+        h.wfile.write(png)
+
+    def chunked(h: _Handler) -> None:
+        h.protocol_version = "HTTP/1.1"
+        h.send_response(200)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for start in range(0, len(big), 500):
+            piece = big[start : start + 500]
+            h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        h.wfile.write(b"0\r\n\r\n")
+
+    def redirect(target: str) -> Callable[[_Handler], None]:
+        def route(h: _Handler) -> None:
+            h.send_response(302)
+            h.send_header("Location", target)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+
+        return route
+
+    _Handler.routes = {
+        "/good.png": lambda h: h.send_body(png, length=len(png)),
+        "/no-length.png": lambda h: h.send_body(png, length=None),
+        "/declared-big.png": lambda h: h.send_body(big, length=len(big)),
+        "/declared-huge.png": declared_huge,
+        "/undeclared-big.png": lambda h: h.send_body(big, length=None),
+        "/chunked-big.png": chunked,
+        "/short-length.png": lambda h: h.send_body(big, length=len(png) // 2),
+        "/slow.png": slow_headers,
+        "/drip.png": drip,
+        "/bomb.png": lambda h: h.send_body(bomb, length=len(bomb)),
+        "/text.png": lambda h: h.send_body(b"<html>not an image</html>", length=25),
+        "/redirect-good": redirect("/good.png"),
+        "/redirect-ftp": redirect("ftp://127.0.0.1:9/x.png"),
+    }
+    _Handler.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield Web(f"http://127.0.0.1:{server.server_address[1]}", png, _Handler.seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_url_loads_like_the_bytes_it_serves(web: Web) -> None:
+    image = load_image(web.url("/good.png"))
+    assert_rgb(image, (16, 16))
+    assert np.array_equal(np.asarray(image), np.asarray(load_image(web.png)))
+    assert web.seen[-1]["User-Agent"].startswith("vl-core/")
+    assert load_image(web.url("/no-length.png")).size == (16, 16)
+    assert load_image(web.url("/redirect-good")).size == (16, 16)
+    upper = web.url("/good.png").replace("http://", "HTTP://")
+    assert load_images([upper, web.png])[0].size == (16, 16)
+
+
+def test_url_http_error_names_the_url(web: Web) -> None:
+    url = web.url("/missing.png")
+    with pytest.raises(ImageDownloadError) as info:
+        load_image(url)
+    assert info.value.status == 404
+    assert str(info.value) == f"cannot load image {url!r}: HTTP 404 Not Found"
+    assert isinstance(info.value, ImageLoadError)
+
+
+def test_url_refused_connection_names_the_url() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}/a.png"
+    with pytest.raises(ImageDownloadError, match=re.escape(repr(url))) as info:
+        load_image(url, timeout=5)
+    assert info.value.status is None
+    assert "cannot download" in info.value.reason
+
+
+def test_url_declaring_too_many_bytes_is_refused_before_reading(web: Web) -> None:
+    url = web.url("/declared-big.png")
+    with pytest.raises(ImageDownloadTooLargeError) as info:
+        load_image(url, max_bytes=1000)
+    assert info.value.declared == len(web.png) + 5000
+    assert info.value.limit == 1000
+    assert repr(url) in str(info.value)
+    assert "larger than max_bytes=1000" in str(info.value)
+    assert load_image(url, max_bytes=len(web.png) + 5000).size == (16, 16)  # at the limit: fine
+    started = time.monotonic()
+    with pytest.raises(ImageDownloadTooLargeError) as huge:
+        load_image(web.url("/declared-huge.png"), timeout=5)
+    assert time.monotonic() - started < 2.0  # refused from the header: the body comes after 3 s
+    assert huge.value.declared == 10**9
+    assert huge.value.limit == DEFAULT_MAX_BYTES
+
+
+@pytest.mark.parametrize("path", ["/undeclared-big.png", "/chunked-big.png"])
+def test_url_without_declared_length_is_cut_off_while_streaming(web: Web, path: str) -> None:
+    url = web.url(path)
+    with pytest.raises(ImageDownloadTooLargeError) as info:
+        load_image(url, max_bytes=1000)
+    assert info.value.declared is None
+    assert repr(url) in str(info.value)
+    assert load_image(url).size == (16, 16)  # the default limit lets the same response through
+
+
+def test_url_reads_no_more_than_its_declared_length(web: Web) -> None:
+    # The server sends more than it declares: only the declared bytes are read (then the data is
+    # a truncated PNG, reported as such) - a lying length cannot push past max_bytes either.
+    url = web.url("/short-length.png")
+    with pytest.raises(ImageLoadError, match=re.escape(repr(url))) as info:
+        load_image(url, max_bytes=len(web.png))
+    assert not isinstance(info.value, ImageDownloadError)
+
+
+def test_url_slow_server_times_out_naming_the_url(web: Web) -> None:
+    url = web.url("/slow.png")
+    started = time.monotonic()
+    with pytest.raises(ImageDownloadError, match="timed out") as info:
+        load_image(url, timeout=0.3)
+    assert time.monotonic() - started < 2.0  # did not wait for the server's 3 s
+    assert repr(url) in str(info.value)
+
+
+def test_url_total_time_is_limited_even_when_bytes_keep_coming(web: Web) -> None:
+    url = web.url("/drip.png")  # a byte every 0.15 s: no single wait reaches the 0.4 s limit
+    started = time.monotonic()
+    with pytest.raises(ImageDownloadError, match="timed out") as info:
+        load_image(url, timeout=0.4)
+    assert time.monotonic() - started < 2.0  # the drip would take 3 s
+    assert repr(url) in str(info.value)
+
+
+def test_url_decompression_bomb_is_refused(web: Web) -> None:
+    url = web.url("/bomb.png")
+    limit_before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageTooLargeError, match="10000000000 pixels") as info:
+        load_image(url)
+    assert info.value.pixels == 10_000_000_000
+    assert repr(url) in str(info.value)
+    with pytest.raises(ImageTooLargeError):
+        load_image(web.url("/good.png"), max_pixels=100)
+    assert limit_before == Image.MAX_IMAGE_PIXELS
+
+
+def test_url_that_is_not_an_image(web: Web) -> None:
+    url = web.url("/text.png")
+    with pytest.raises(ImageLoadError, match="not a recognised image format") as info:
+        load_image(url)
+    assert repr(url) in str(info.value)
+
+
+def test_url_redirect_to_other_scheme_is_refused(web: Web) -> None:
+    with pytest.raises(ImageDownloadError, match="redirect to a non-HTTP URL") as info:
+        load_image(web.url("/redirect-ftp"), timeout=5)
+    assert info.value.status == 302
+
+
+def test_url_credentials_stay_out_of_messages() -> None:
+    assert describe_source("https://user:secret@example.invalid/a.png") == repr(
+        "https://***@example.invalid/a.png"
+    )
+    assert describe_source("http://example.invalid/a.png") == repr("http://example.invalid/a.png")
+    assert is_url("https://x/y")
+    assert is_url("HTTP://x")
+    assert not is_url(Path("http://x"))
+    assert not is_url("httpx://x")
+    assert not is_url(b"http://x")
+
+
+@pytest.mark.parametrize(
+    ("keywords", "match"),
+    [
+        ({"timeout": 0}, "timeout must be a positive"),
+        ({"timeout": float("nan")}, "timeout must be a positive"),
+        ({"timeout": True}, "timeout must be a positive"),
+        ({"max_bytes": 0}, "max_bytes must be a positive integer"),
+        ({"max_bytes": 1.5}, "max_bytes must be a positive integer"),
+    ],
+)
+def test_url_limits_are_validated(keywords: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_image("http://127.0.0.1:9/never-contacted.png", **keywords)

@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "ClipBackbone": "vl_core.clip",
     "ClipTokenizer": "vl_core.tokens",
     "DEFAULT_MAX_PIXELS": "vl_core.images",
+    "ImageDownloadError": "vl_core.images",
+    "ImageDownloadTooLargeError": "vl_core.images",
     "ImageLoadError": "vl_core.images",
     "ImageNotFoundError": "vl_core.images",
     "ImageSource": "vl_core.images",
@@ -59,6 +61,8 @@ __all__ = [
     "CheckpointMismatchError",
     "ClipBackbone",
     "ClipTokenizer",
+    "ImageDownloadError",
+    "ImageDownloadTooLargeError",
     "ImageLoadError",
     "ImageNotFoundError",
     "ImageSource",
@@ -115,6 +119,8 @@ if TYPE_CHECKING:
     from vl_core.hub import ModelNotAvailableError
     from vl_core.images import (
         DEFAULT_MAX_PIXELS,
+        ImageDownloadError,
+        ImageDownloadTooLargeError,
         ImageLoadError,
         ImageNotFoundError,
         ImageSource,

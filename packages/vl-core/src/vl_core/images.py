@@ -1,16 +1,24 @@
 """One image loader for every input the models accept, always returning an RGB PIL image.
 
-Sources: file paths, encoded bytes, binary file objects, PIL images, numpy arrays (HxW or HxWxC)
-and torch tensors (CxHxW, the torchvision layout). EXIF orientation is applied, every mode is
-converted to 8-bit RGB (transparent pixels composited over white), and a pixel-count guard checked
-on the header refuses decompression bombs before their pixel data is decoded.
+Sources: file paths, ``http(s)://`` URLs, encoded bytes, binary file objects, PIL images, numpy
+arrays (HxW or HxWxC) and torch tensors (CxHxW, the torchvision layout). EXIF orientation is
+applied, every mode is converted to 8-bit RGB (transparent pixels composited over white), and a
+pixel-count guard checked on the header refuses decompression bombs before their pixel data is
+decoded. URLs are downloaded with a time limit and a size limit enforced while reading, then decoded
+exactly like bytes.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
+import math
 import os
 import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterable
 from typing import IO, TypeAlias
@@ -21,18 +29,29 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_TIMEOUT",
+    "ImageDownloadError",
+    "ImageDownloadTooLargeError",
     "ImageLoadError",
     "ImageNotFoundError",
     "ImageSource",
     "ImageTooLargeError",
     "describe_source",
+    "is_url",
     "load_image",
     "load_images",
 ]
 
 DEFAULT_MAX_PIXELS: int = 89_478_485
 """Default pixel-count limit: Pillow's own warning threshold (about 0.25 GB as 8-bit RGB)."""
+
+DEFAULT_TIMEOUT: float = 30.0
+"""Default time limit of a URL download, in seconds (see `load_image`)."""
+
+DEFAULT_MAX_BYTES: int = 64 * 1024 * 1024
+"""Default size limit of a URL download: 64 MiB of encoded image data."""
 
 ImageSource: TypeAlias = (
     str
@@ -45,11 +64,14 @@ ImageSource: TypeAlias = (
     | npt.NDArray[np.generic]
     | torch.Tensor
 )
-"""Everything `load_image` accepts; ``bytes`` are encoded image data, never a path."""
+"""Everything `load_image` accepts; ``bytes`` are encoded image data, never a path; a ``str``
+starting with ``http://`` or ``https://`` is a URL, any other ``str`` a path."""
 
 _WHITE = (255, 255, 255)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _PIL_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_URL_SCHEMES = ("http://", "https://")
+_CHUNK = 64 * 1024
 
 
 class ImageLoadError(ValueError):
@@ -80,8 +102,43 @@ class ImageTooLargeError(ImageLoadError):
         self.limit = limit
 
 
+class ImageDownloadError(ImageLoadError):
+    """A URL could not be downloaded (HTTP error status, refused connection, time limit, redirect
+    to a non-HTTP URL, ...); the message names the URL. ``status`` is the HTTP status code when
+    the server sent one, else ``None``."""
+
+    def __init__(self, source: str, reason: str, *, status: int | None = None) -> None:
+        super().__init__(source, reason)
+        self.status = status
+
+
+class ImageDownloadTooLargeError(ImageDownloadError):
+    """A URL's response is larger than ``max_bytes``: refused from its declared length, or stopped
+    as soon as more than ``limit`` bytes have arrived. ``declared`` is the Content-Length the
+    server sent (``None`` when it sent none)."""
+
+    def __init__(self, source: str, limit: int, declared: int | None) -> None:
+        said = "" if declared is None else f" (it declares {declared} bytes)"
+        super().__init__(source, f"response is larger than max_bytes={limit}{said}")
+        self.limit = limit
+        self.declared = declared
+
+
+def is_url(source: object) -> bool:
+    """True when ``source`` is a string starting with ``http://`` or ``https://`` (any case):
+    the sources `load_image` downloads. Path objects are never URLs."""
+    return isinstance(source, str) and source[:8].lower().startswith(_URL_SCHEMES)
+
+
 def describe_source(source: object) -> str:
-    """A short human-readable name of an image source, used in error messages."""
+    """A short human-readable name of an image source, used in error messages.
+
+    Returns the ``repr`` of a path or URL (a URL's user name and password replaced by ``***``),
+    or a ``<...>`` summary of an in-memory source (its size, shape or dtype).
+    """
+    if is_url(source):
+        assert isinstance(source, str)
+        return repr(_redact(source))
     if isinstance(source, str | os.PathLike):
         return repr(os.fspath(source))
     if isinstance(source, bytes | bytearray | memoryview):
@@ -100,19 +157,48 @@ def describe_source(source: object) -> str:
     return f"<{type(source).__name__} object>"
 
 
-def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: ImageSource,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Image.Image:
     """Load ``source`` as a new 8-bit RGB image, refusing more than ``max_pixels`` pixels.
 
-    Encoded sources (paths, bytes, file objects) are checked against ``max_pixels`` from the header,
-    before decoding; ``None`` disables this guard, though Pillow's own (global) bomb limit still
-    applies. Pixel sources (PIL images, arrays, tensors) are checked the same way, so one limit
-    means one thing in a pipeline. Alpha is composited over white; EXIF orientation is applied.
+    Encoded sources (paths, URLs, bytes, file objects) are checked against ``max_pixels`` from the
+    header, before decoding; ``None`` disables this guard, though Pillow's own (global) bomb limit
+    still applies. Pixel sources (PIL images, arrays, tensors) are checked the same way, so one
+    limit means one thing in a pipeline. Alpha is composited over white; EXIF orientation is
+    applied.
+
+    A string starting with ``http://`` or ``https://`` is downloaded (standard library only; the
+    proxy settings of the environment apply; redirects are followed to http(s) URLs only). No
+    single wait for the server (connecting, or the next piece of data) may exceed ``timeout``
+    seconds, and the download is abandoned once it has run past ``timeout`` seconds in all
+    (checked between reads). A response that declares more than ``max_bytes`` bytes is refused
+    before its body is read, and one without a declared length is cut off as soon as more than
+    ``max_bytes`` bytes arrive. The bytes are then decoded exactly like a ``bytes`` source.
 
     Arrays are HxW, HxWx1, HxWx3 or HxWx4 with dtype uint8, uint16 (0..65535, scaled to 8 bits),
     bool, or float in [0, 1]. Tensors use the torchvision layout CxHxW (or HxW) with C in 1, 3, 4 and
-    dtype uint8, bool or float in [0, 1]. Raises `ImageLoadError` (a ValueError) on any failure.
+    dtype uint8, bool or float in [0, 1].
+
+    Returns a new RGB image. Raises `ImageLoadError` (a ValueError) on any failure of the source:
+    `ImageNotFoundError` for a missing file, `ImageTooLargeError` over ``max_pixels``,
+    `ImageDownloadError` when a URL cannot be fetched (`ImageDownloadTooLargeError` over
+    ``max_bytes``); a plain ``ValueError`` for a ``timeout`` or ``max_bytes`` that is not positive.
     """
+    number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if not (number and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
     name = describe_source(source)
+    if is_url(source):
+        assert isinstance(source, str)
+        data = _download(source, name, timeout=float(timeout), max_bytes=max_bytes)
+        return _to_rgb(_open_encoded(io.BytesIO(data), name, max_pixels), name)
     if isinstance(source, torch.Tensor):
         return _to_rgb(_from_array(_tensor_to_hwc(source, name), name, max_pixels), name)
     if isinstance(source, np.ndarray):
@@ -141,10 +227,115 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
 
 
 def load_images(
-    sources: Iterable[ImageSource], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    sources: Iterable[ImageSource],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[Image.Image]:
-    """Load each source with `load_image`; the first failure raises, naming its source."""
-    return [load_image(source, max_pixels=max_pixels) for source in sources]
+    """Load each source with `load_image` (same keywords); returns the images in order.
+
+    Raises what `load_image` raises, for the first source that fails, naming it.
+    """
+    return [
+        load_image(source, max_pixels=max_pixels, timeout=timeout, max_bytes=max_bytes)
+        for source in sources
+    ]
+
+
+# -- URLs -----------------------------------------------------------------------------------------
+
+
+def _redact(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (error messages go to logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _user_agent() -> str:
+    from vl_core import __version__
+
+    return f"vl-core/{__version__} (image loader; Python-urllib)"
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) URLs only (urllib also follows them to ftp)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if not is_url(newurl):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to a non-HTTP URL {newurl!r} refused", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _declared_length(headers: http.client.HTTPMessage) -> int | None:
+    """The Content-Length header as an integer, ``None`` when absent or malformed."""
+    value = headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _download(url: str, name: str, *, timeout: float, max_bytes: int) -> bytes:
+    """The body of ``url``, read within ``timeout`` and ``max_bytes`` (see `load_image`)."""
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(
+        url, headers={"User-Agent": _user_agent(), "Accept": "image/*, */*;q=0.5"}
+    )
+    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            declared = _declared_length(response.headers)
+            if declared is not None and declared > max_bytes:
+                raise ImageDownloadTooLargeError(name, max_bytes, declared)
+            chunks: list[bytes] = []
+            received = 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise ImageDownloadError(
+                        name, f"timed out: the download took longer than {timeout:g} s"
+                    )
+                chunk = response.read1(_CHUNK)
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received > max_bytes:
+                    raise ImageDownloadTooLargeError(name, max_bytes, declared)
+                chunks.append(chunk)
+    except ImageDownloadError:
+        raise
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise ImageDownloadError(name, f"HTTP {exc.code} {exc.reason}", status=exc.code) from exc
+    except urllib.error.URLError as exc:
+        raise ImageDownloadError(name, _network_reason(exc.reason, timeout)) from exc
+    except (TimeoutError, http.client.HTTPException, OSError) as exc:
+        raise ImageDownloadError(name, _network_reason(exc, timeout)) from exc
+    return b"".join(chunks)
+
+
+def _network_reason(reason: object, timeout: float) -> str:
+    """A short reason for a failed connection or read (``timed out`` for a time limit)."""
+    if isinstance(reason, TimeoutError):
+        return f"timed out: no answer within {timeout:g} s"
+    if isinstance(reason, http.client.IncompleteRead):
+        return "the connection closed before the whole response arrived"
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"cannot download ({reason.strerror})"
+    return f"cannot download ({reason})"
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int | None) -> None:
