@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,3 +63,36 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> None:
 def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def legacy_names(state: dict[str, torch.Tensor], decoder_layers: int) -> dict[str, torch.Tensor]:
+    """Our keys written back in the released naming (independent inverse of the key map)."""
+    inverse = [
+        (r"^model\.backbone\.model\.", "model.backbone.conv_encoder.model."),
+        (r"\.mlp\.(fc1|fc2)\.", r".\1."),
+        (r"\.self_attn\.o_proj\.", ".self_attn.out_proj."),
+        (r"^relation_head\.gate\.", "rel_predictor_gate."),
+        (r"^relation_head\.rel_mlp\.", "rel_predictor."),
+        (r"^relation_head\.connectivity_mlp\.", "connectivity_layer."),
+        (r"^relation_head\.", ""),
+    ]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for pattern, repl in inverse:
+            key = re.sub(pattern, repl, key)
+        if key.startswith(("class_embed.", "bbox_embed.")):
+            head, rest = key.split(".", 1)
+            for layer in range(decoder_layers):
+                out[f"{head}.{layer}.{rest}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def save_lightning(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """``state`` saved as a released Lightning checkpoint (``model.`` prefix, extra entries)."""
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3, "global_step": 7},
+        path,
+    )
+    return path

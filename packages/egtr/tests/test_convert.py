@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
-from egtr_testing import tiny_config
+from egtr_testing import legacy_names, save_lightning, tiny_config
 
 from egtr import EGTRForSceneGraphGeneration, convert_checkpoint
-from egtr.convert import LEGACY_RENAME_RULES, legacy_config
+from egtr.builders import JSONFileError, WrongModelKindError, load_pretrained
+from egtr.convert import LEGACY_RENAME_RULES, legacy_config, read_categories
 from vl_core.checkpoints import CheckpointMismatchError, UnsafeCheckpointError
+from vl_core.files import OutputExistsError
 
 KEYS_TSV = Path("/work/shared/reference/egtr-vg-checkpoint-keys.tsv")
 _REPO_TSV = Path(__file__).resolve().parents[3] / "shared/reference/egtr-vg-checkpoint-keys.tsv"
@@ -73,23 +74,15 @@ def _released_state_dict() -> tuple[dict[str, torch.Tensor], list[dict[str, str]
     return state, rows
 
 
-def _save_lightning(state: dict[str, torch.Tensor], path: Path) -> Path:
-    torch.save(
-        {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3, "global_step": 7},
-        path,
-    )
-    return path
-
-
 def test_released_vg_checkpoint_converts_and_loads_strictly(tmp_path: Path) -> None:
     state, rows = _released_state_dict()
-    ckpt = _save_lightning(state, tmp_path / "epoch=03-validation_loss=1.23.ckpt")
+    ckpt = save_lightning(state, tmp_path / "epoch=03-validation_loss=1.23.ckpt")
     (tmp_path / "config.json").write_text(json.dumps(LEGACY_VG_CONFIG))
     report = convert_checkpoint(ckpt, tmp_path / "config.json", tmp_path / "out")
     assert len(report.ignored_keys) == 4
     assert all(k.endswith("downsample.1.num_batches_tracked") for k in report.ignored_keys)
 
-    model = EGTRForSceneGraphGeneration.from_pretrained(tmp_path / "out")
+    model = load_pretrained(tmp_path / "out")  # strict: every key present, none unexpected
     ours = model.state_dict()
     # strict: the saved directory holds exactly the model's keys
     from safetensors import safe_open
@@ -119,41 +112,17 @@ def test_released_vg_checkpoint_converts_and_loads_strictly(tmp_path: Path) -> N
     assert model.config.num_queries == 200
 
 
-def _legacy_names(state: dict[str, torch.Tensor], decoder_layers: int) -> dict[str, torch.Tensor]:
-    """Our keys written back in the released naming (independent inverse of the key map)."""
-    inverse = [
-        (r"^model\.backbone\.model\.", "model.backbone.conv_encoder.model."),
-        (r"\.mlp\.(fc1|fc2)\.", r".\1."),
-        (r"\.self_attn\.o_proj\.", ".self_attn.out_proj."),
-        (r"^relation_head\.gate\.", "rel_predictor_gate."),
-        (r"^relation_head\.rel_mlp\.", "rel_predictor."),
-        (r"^relation_head\.connectivity_mlp\.", "connectivity_layer."),
-        (r"^relation_head\.", ""),
-    ]
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for pattern, repl in inverse:
-            key = re.sub(pattern, repl, key)
-        if key.startswith(("class_embed.", "bbox_embed.")):
-            head, rest = key.split(".", 1)
-            for layer in range(decoder_layers):
-                out[f"{head}.{layer}.{rest}"] = value
-        else:
-            out[key] = value
-    return out
-
-
 def test_converted_tiny_checkpoint_gives_same_outputs(
     tiny_model: EGTRForSceneGraphGeneration, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    legacy = _legacy_names(tiny_model.state_dict(), decoder_layers=2)
+    legacy = legacy_names(tiny_model.state_dict(), decoder_layers=2)
     assert "rel_predictor.layers.0.weight" in legacy
     assert "class_embed.1.bias" in legacy
-    ckpt = _save_lightning(legacy, tmp_path / "tiny.ckpt")
+    ckpt = save_lightning(legacy, tmp_path / "tiny.ckpt")
     convert_checkpoint(ckpt, tiny_config(), tmp_path / "out")
-    converted = EGTRForSceneGraphGeneration.from_pretrained(tmp_path / "out").eval()
+    converted = load_pretrained(tmp_path / "out")
     # the same weights loaded directly (save_pretrained of the original model)
-    direct = EGTRForSceneGraphGeneration.from_pretrained(tiny_model_dir).eval()
+    direct = load_pretrained(tiny_model_dir)
     ours, theirs = converted.state_dict(), direct.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -170,14 +139,14 @@ def test_converted_tiny_checkpoint_gives_same_outputs(
 def test_missing_and_unexpected_keys_fail_with_a_list(
     tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
 ) -> None:
-    legacy = _legacy_names(tiny_model.state_dict(), decoder_layers=2)
+    legacy = legacy_names(tiny_model.state_dict(), decoder_layers=2)
     missing = dict(legacy)
     del missing["final_sub_proj.bias"]
     with pytest.raises(
         CheckpointMismatchError, match=r"relation_head\.final_sub_proj\.bias"
     ) as exc:
         convert_checkpoint(
-            _save_lightning(missing, tmp_path / "m.ckpt"), tiny_config(), tmp_path / "o1"
+            save_lightning(missing, tmp_path / "m.ckpt"), tiny_config(), tmp_path / "o1"
         )
     assert exc.value.report.missing_keys == ("relation_head.final_sub_proj.bias",)
     assert not (tmp_path / "o1").exists()
@@ -186,7 +155,7 @@ def test_missing_and_unexpected_keys_fail_with_a_list(
     extra["rel_predictor.layers.3.weight"] = torch.zeros(2, 2)
     with pytest.raises(CheckpointMismatchError, match=r"rel_mlp\.layers\.3\.weight") as exc:
         convert_checkpoint(
-            _save_lightning(extra, tmp_path / "e.ckpt"), tiny_config(), tmp_path / "o2"
+            save_lightning(extra, tmp_path / "e.ckpt"), tiny_config(), tmp_path / "o2"
         )
     assert exc.value.report.unexpected_keys == ("relation_head.rel_mlp.layers.3.weight",)
 
@@ -195,7 +164,7 @@ def test_checkpoint_of_another_model_fails_with_the_shapes(
     tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
 ) -> None:
     # a released checkpoint converted with the wrong config (3 predicates instead of 4)
-    ckpt = _save_lightning(_legacy_names(tiny_model.state_dict(), 2), tmp_path / "w.ckpt")
+    ckpt = save_lightning(legacy_names(tiny_model.state_dict(), 2), tmp_path / "w.ckpt")
     wrong = tiny_config(num_rel_labels=3, rel_labels=["on", "near", "has"])
     with pytest.raises(CheckpointMismatchError, match="shape mismatches") as exc:
         convert_checkpoint(ckpt, wrong, tmp_path / "o")
@@ -208,11 +177,11 @@ def test_checkpoint_of_another_model_fails_with_the_shapes(
 def test_differing_per_layer_heads_are_refused(
     tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
 ) -> None:
-    legacy = _legacy_names(tiny_model.state_dict(), decoder_layers=2)
+    legacy = legacy_names(tiny_model.state_dict(), decoder_layers=2)
     legacy["class_embed.1.bias"] = legacy["class_embed.1.bias"] + 1
     with pytest.raises(ValueError, match="box-refinement"):
         convert_checkpoint(
-            _save_lightning(legacy, tmp_path / "r.ckpt"), tiny_config(), tmp_path / "o"
+            save_lightning(legacy, tmp_path / "r.ckpt"), tiny_config(), tmp_path / "o"
         )
 
 
@@ -255,3 +224,60 @@ def test_rename_rules_cover_only_known_prefixes() -> None:
     state, _ = _released_state_dict()
     for rule in LEGACY_RENAME_RULES:
         assert any(rule.apply(k) != k for k in state), rule.pattern
+
+
+def test_the_output_directory_is_new_or_empty_and_never_an_input(
+    tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
+) -> None:
+    ckpt = save_lightning(legacy_names(tiny_model.state_dict(), 2), tmp_path / "t.ckpt")
+    out = tmp_path / "out"
+    out.mkdir()
+    convert_checkpoint(ckpt, tiny_config(), out)  # an empty directory is fine
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(written) == {"config.json", "model.safetensors"}
+    with pytest.raises(OutputExistsError, match="not empty"):
+        convert_checkpoint(ckpt, tiny_config(), out)
+    convert_checkpoint(ckpt, tiny_config(), out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written  # same conversion
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    # the run's own config.json in the output directory would be replaced: refused even with
+    # --overwrite, before anything is read
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"num_labels": 3, "num_rel_labels": 4}')
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(OutputExistsError, match="never writes over its inputs"):
+        convert_checkpoint(ckpt, run / "config.json", run, overwrite=True)
+    assert (run / "config.json").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "config.json").write_text('{"model_type": "clip"}')
+    with pytest.raises(OutputExistsError, match="another kind of model"):
+        convert_checkpoint(ckpt, tiny_config(), clip, overwrite=True)
+    assert sorted(p.name for p in clip.iterdir()) == ["config.json"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputExistsError, match="must be a directory"):
+        convert_checkpoint(ckpt, tiny_config(), tmp_path / "file")
+
+
+def test_configuration_and_categories_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "config.json"
+    bad.write_text('{\n  "num_labels": 3,\n  oops\n}\n')
+    with pytest.raises(JSONFileError, match=r"config\.json, line 3 column 3"):
+        convert_checkpoint(tmp_path / "none.ckpt", bad, tmp_path / "o")
+    bad.write_text("[1, 2]")
+    with pytest.raises(JSONFileError, match="not a JSON object"):
+        convert_checkpoint(tmp_path / "none.ckpt", bad, tmp_path / "o")
+    with pytest.raises(WrongModelKindError, match="'clip' model"):
+        legacy_config({"model_type": "clip", "num_labels": 3})
+    with pytest.raises(WrongModelKindError, match="needs no conversion"):
+        legacy_config({"model_type": "egtr", "num_labels": 3})
+    categories = tmp_path / "categories_dict.json"
+    categories.write_text('{"obj": ["a"]}')
+    with pytest.raises(JSONFileError, match=r"no 'rel' list \(.*categories_dict\.json\)"):
+        read_categories(categories)
+    categories.write_text("not json")
+    with pytest.raises(JSONFileError, match=r"categories_dict\.json, line 1 column 1"):
+        read_categories(categories)
+    assert not (tmp_path / "o").exists()

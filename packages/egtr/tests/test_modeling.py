@@ -179,9 +179,11 @@ def test_frequency_bias_can_be_switched_off(tiny_model: EGTRForSceneGraphGenerat
 def test_save_load_round_trip_gives_identical_outputs(
     tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
 ) -> None:
+    from egtr.builders import load_pretrained
+
     tiny_model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
-    loaded = EGTRForSceneGraphGeneration.from_pretrained(tmp_path).eval()
+    loaded = load_pretrained(tmp_path)
     assert loaded.config.predicate_labels == ["on", "near", "has", "under"]
     assert loaded.config.object_labels == ["cat", "dog", "table"]
     torch.testing.assert_close(loaded.triplet_dist, tiny_model.triplet_dist)
@@ -237,3 +239,32 @@ def test_randomise_changes_outputs() -> None:
     pixels, mask = _inputs(1)
     with torch.no_grad():
         assert not torch.allclose(fresh(pixels, mask).logits, other(pixels, mask).logits)
+
+
+def test_the_head_width_advice_for_the_cuda_kernel_is_not_shown() -> None:
+    import warnings
+
+    # 96 / 4 = 24 channels per head: transformers advises a power of two for the speed of the
+    # authors' CUDA kernel, which this model never uses; only that one warning is filtered
+    config = tiny_config(d_model=96, encoder_attention_heads=4, decoder_attention_heads=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        EGTRForSceneGraphGeneration(config)
+    assert not [w for w in caught if "power of 2" in str(w.message)]
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        DeformableDetrMultiscaleDeformableAttention,
+    )
+
+    with pytest.warns(UserWarning, match="power of 2"):  # the filter is local to egtr's model
+        DeformableDetrMultiscaleDeformableAttention(config, num_heads=4, n_points=2)
+
+
+def test_builders_load_strictly_and_check_the_label_space(
+    tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
+) -> None:
+    from egtr import egtr_visual_genome
+    from egtr.builders import ModelDirectoryError
+
+    tiny_model.save_pretrained(tmp_path)
+    with pytest.raises(ModelDirectoryError, match="3 objects / 4 predicates, expected 150 / 50"):
+        egtr_visual_genome(weights=tmp_path)

@@ -164,3 +164,59 @@ def test_model_dirs_with_wrong_weights_are_refused(tiny_model_dir: Path, tmp_pat
         EGTRPredictor(unreadable, device="cpu")
     with pytest.raises(ValueError, match="cannot read the EGTR model"):
         egtr_visual_genome(weights=unreadable)
+
+
+def test_many_wrong_keys_are_listed_first_few_then_a_count(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from egtr.builders import ModelDirectoryError
+
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    dropped = sorted(k for k in weights if k.startswith("relation_head.proj_q."))
+    assert len(dropped) == 4
+    state = {k: v for k, v in weights.items() if k not in dropped}
+    state.update({f"stray.{i}": torch.zeros(1) for i in range(7)})
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelDirectoryError) as exc:
+        EGTRPredictor(broken, device="cpu")
+    message = str(exc.value)
+    assert f"missing 4: {', '.join(dropped)};" in message
+    assert "unexpected 7: stray.0, stray.1, stray.2, stray.3, stray.4 and 2 more" in message
+    assert "\n" not in message
+
+
+def test_a_directory_of_another_kind_of_model_is_refused(tmp_path: Path) -> None:
+    from egtr.builders import WrongModelKindError
+
+    (tmp_path / "config.json").write_text('{"model_type": "clip"}')
+    with pytest.raises(WrongModelKindError, match="'clip' model, not an EGTR model"):
+        EGTRPredictor(tmp_path, device="cpu")
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"config\.json, line 1 column 2"):
+        EGTRPredictor(tmp_path, device="cpu")
+
+
+def test_settings_are_checked(tiny_model: EGTRForSceneGraphGeneration) -> None:
+    with pytest.raises(ValueError, match="top_k"):
+        EGTRPredictor(tiny_model, device="cpu", top_k=-1)
+    with pytest.raises(ValueError, match="object_score"):
+        EGTRPredictor(tiny_model, device="cpu", object_score="argmax")
+    with pytest.raises(ValueError, match="object_threshold"):
+        EGTRPredictor(tiny_model, device="cpu", object_threshold=1.5)
+    assert EGTRPredictor(tiny_model, device="cpu").predict_loaded([]) == []
+
+
+def test_one_mean_and_std_for_config_and_preprocessing() -> None:
+    from egtr_testing import tiny_config
+
+    from egtr.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+    config = tiny_config()
+    assert config.image_mean == list(IMAGENET_MEAN)
+    assert config.image_std == list(IMAGENET_STD)

@@ -60,3 +60,45 @@ def test_draw_scene_graph_writes_one_png(tmp_path: Path) -> None:
 def test_draw_empty_graph(tmp_path: Path) -> None:
     empty = SceneGraph((), (), image_size=(80, 64))
     assert draw_scene_graph(make_image(80, 64), empty, tmp_path / "e.png").is_file()
+
+
+def test_parts_round_trip_and_a_result_row_reads_back() -> None:
+    graph = _graph()
+    for obj in graph.objects:
+        assert SceneObject.from_dict(json.loads(json.dumps(obj.to_dict()))) == obj
+    for rel in graph.relations:
+        assert Relation.from_dict(json.loads(json.dumps(rel.to_dict()))) == rel
+    row = {"id": "a.png", "image": "a.png", **graph.to_dict(), "drawing": "d/a.graph.png"}
+    assert SceneGraph.from_dict(row) == graph
+    with pytest.raises(KeyError, match="relations"):
+        SceneGraph.from_dict({"image_size": [1, 1], "objects": []})
+
+
+def test_optional_dependencies_name_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from vl_core.cli import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "networkx", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'egtr\[viz\]'"):
+        _graph().to_networkx()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(MissingExtraError, match=r"matplotlib.*egtr\[viz\]"):
+        draw_scene_graph(make_image(8, 8), _graph(), tmp_path / "g.png")
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_drawings_are_marked_as_egtr_drawings(tmp_path: Path) -> None:
+    from egtr.drawing import is_drawing
+
+    drawn = draw_scene_graph(make_image(80, 64), _graph(), tmp_path / "g.png")
+    assert is_drawing(drawn)
+    make_image(8, 8).save(tmp_path / "photo.png")
+    assert not is_drawing(tmp_path / "photo.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    assert not is_drawing(tmp_path / "notes.png")
+    assert not is_drawing(tmp_path / "missing.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "notes.png", "photo.png"]

@@ -1,30 +1,23 @@
 """The shipped shapes-world EGTR (shared/models/egtr-shapes): loads offline through the public path
-(EGTRPredictor, ``egtr predict``), boxes the shapes of the sample images, reproduces its recorded
-test-set metrics and recalls relations far above a random-initialised model (slow)."""
+(EGTRPredictor, ``egtr predict``) and boxes the shapes of the sample images. (Its recorded test-set
+metrics, measured by tools/train_egtr.py, are reproduced in tools/tests/test_train_egtr.py.)"""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from egtr import EGTRConfig, EGTRForSceneGraphGeneration, EGTRPredictor, SceneGraph
+from egtr import EGTRConfig, EGTRPredictor, SceneGraph
 from egtr.cli import main as egtr_main
-from egtr.evaluation import EvalOptions, evaluate
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = ROOT / "shared" / "models" / "egtr-shapes"
 TEST_SET = ROOT / "shared" / "world" / "test-set"
 SAMPLES = ROOT / "shared" / "world" / "samples"
 SHAPES = ["circle", "square", "triangle", "star", "cross"]
-# Recorded figures are reproduced to this many percentage points (float noise across CPUs can
-# reorder near-tied triplet scores; the figures themselves are averages over 300 images).
-TOLERANCE = 0.5
-HEADLINE = ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100")
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +61,6 @@ def _matches(graph: SceneGraph, shape: str | None, box: list[float]) -> set[int]
         for k, o in enumerate(graph.objects)
         if shape in (None, o.label_name) and _iou(box, o.box) >= 0.5
     }
-
-
-def _train_egtr() -> Any:
-    """``tools/train_egtr.py``, which recorded the metrics (its digest and headline figures)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import importlib
-
-    return importlib.import_module("tools.train_egtr")
 
 
 def test_ships_save_pretrained_files_and_a_card(recorded: dict[str, Any]) -> None:
@@ -136,50 +120,5 @@ def test_egtr_predict_cli_writes_json_and_drawings(tmp_path: Path) -> None:
     assert status == 0
     graph = SceneGraph.from_dict(json.loads(out.read_text(encoding="utf-8")))
     assert graph.relations
-    drawing = tmp_path / "draw" / "test_000002.png"
+    drawing = tmp_path / "draw" / "test_000002.graph.png"  # never the input's own name
     assert drawing.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def _evaluate(model: Path, out: Path, limit: int | None = None) -> dict[str, float]:
-    result = evaluate(
-        EvalOptions(
-            model=model,
-            data=TEST_SET / "vg",
-            image_dir=TEST_SET / "images",
-            split="test",
-            out=out,
-            device="cpu",
-            limit=limit,
-            zero_shot=False,
-            write_predictions=False,
-            progress=False,
-        )
-    )
-    row: dict[str, float] = _train_egtr().headline(result)
-    return {name: row[name] for name in (*HEADLINE, "AP50")}
-
-
-@pytest.mark.slow
-def test_reproduces_the_recorded_test_set_metrics(recorded: dict[str, Any], tmp_path: Path) -> None:
-    assert recorded["test_set_sha256"] == _train_egtr().test_set_digest(TEST_SET), (
-        "shared/world/test-set changed since the metrics were recorded: re-measure with "
-        "`python tools/train_egtr.py --stages eval` and update BENCHMARKS.md and the model card"
-    )
-    measured = _evaluate(MODEL, tmp_path)
-    expected = recorded["models"]["shipped"]
-    for name, value in measured.items():
-        assert value == pytest.approx(expected[name], abs=TOLERANCE), (name, measured, expected)
-
-
-@pytest.mark.slow
-def test_recalls_relations_far_above_a_random_init_model(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    EGTRForSceneGraphGeneration(EGTRConfig.from_pretrained(MODEL)).save_pretrained(
-        tmp_path / "random"
-    )
-    # first 100 test images; the random-init model scores 0 everywhere (metrics.json)
-    shipped = _evaluate(MODEL, tmp_path / "eval-shipped", limit=100)
-    random_init = _evaluate(tmp_path / "random", tmp_path / "eval-random", limit=100)
-    margins = {"R@20": 1.5, "R@50": 2.5, "R@100": 2.5, "mR@100": 2.5, "AP50": 15.0}
-    for name, margin in margins.items():
-        assert shipped[name] >= random_init[name] + margin, (name, shipped, random_init)

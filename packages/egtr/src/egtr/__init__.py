@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "draw_scene_graph": "egtr.drawing",
     "egtr_open_images": "egtr.builders",
     "egtr_visual_genome": "egtr.builders",
+    "load_pretrained": "egtr.builders",
     "object_scores": "egtr.postprocess",
     "top_triplets": "egtr.postprocess",
 }
@@ -48,12 +49,13 @@ __all__ = [
     "draw_scene_graph",
     "egtr_open_images",
     "egtr_visual_genome",
+    "load_pretrained",
     "object_scores",
     "top_triplets",
 ]
 
 if TYPE_CHECKING:
-    from egtr.builders import egtr_open_images, egtr_visual_genome
+    from egtr.builders import egtr_open_images, egtr_visual_genome, load_pretrained
     from egtr.configuration import EGTRConfig
     from egtr.convert import convert_checkpoint
     from egtr.drawing import draw_scene_graph

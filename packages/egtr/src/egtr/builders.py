@@ -1,8 +1,23 @@
-"""Named builders for the paper's models, torchvision style: ``weights=None`` means random init."""
+"""Opening EGTR models: the paper's named builders and the one strict loader of model directories.
+
+:func:`load_pretrained` is the only way egtr opens a model directory (``egtr predict``, ``eval``,
+``info``, training initialisation, :class:`~egtr.EGTRPredictor` and the builders all use it). It
+refuses, in one line each:
+
+- a path without ``config.json`` (:class:`ModelNotFoundError`);
+- a ``config.json`` that is not JSON, or is the configuration of another kind of model (a CLIP
+  directory given to egtr; :class:`WrongModelKindError`);
+- weights that do not fit the configuration: missing, unexpected or wrongly shaped keys are
+  listed (the first few, then a count) instead of being random-initialised with a warning.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +26,216 @@ from safetensors import SafetensorError
 from egtr.configuration import EGTRConfig
 from egtr.modeling import EGTRForSceneGraphGeneration
 
+__all__ = [
+    "JSONFileError",
+    "ModelDirectoryError",
+    "ModelNotFoundError",
+    "WrongModelKindError",
+    "egtr_open_images",
+    "egtr_visual_genome",
+    "load_pretrained",
+    "read_json_file",
+    "read_model_config",
+    "summarise_keys",
+]
+
+MODEL_TYPE = EGTRConfig.model_type
+"""``model_type`` in the ``config.json`` of every EGTR model directory."""
+
+KEYS_SHOWN = 5
+"""How many keys an error message lists before it gives only the count of the rest."""
+
+_WRITTEN_BY = "directory written by save_pretrained, `egtr train` or `egtr convert`"
+_FIX = f"give a {_WRITTEN_BY}"
+
+
+class JSONFileError(ValueError):
+    """A JSON input file that cannot be read or parsed; the message names the file and line."""
+
+
+class ModelDirectoryError(ValueError):
+    """A path that does not hold a usable EGTR model; the message says what is wrong and where."""
+
+
+class ModelNotFoundError(ModelDirectoryError, FileNotFoundError):
+    """The path is not a model directory (no ``config.json``)."""
+
+
+class WrongModelKindError(ModelDirectoryError):
+    """``config.json`` describes another kind of model (its ``model_type`` is not ``egtr``)."""
+
+
+def summarise_keys(keys: Collection[Any], limit: int = KEYS_SHOWN) -> str:
+    """``"a, b, c, d, e and 7 more"``: the first ``limit`` of ``keys`` (sorted), then a count."""
+    names = sorted(str(key) for key in keys)
+    shown = ", ".join(names[:limit])
+    if len(names) > limit:
+        shown += f" and {len(names) - limit} more"
+    return shown
+
+
+def read_json_file(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """The parsed content of the JSON file ``path``.
+
+    Raises :class:`JSONFileError` naming the file (and line and column) when it is missing,
+    unreadable, not UTF-8 or not JSON.
+    """
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise JSONFileError(f"{what} not found ({target}): check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JSONFileError(f"cannot read the {what} ({target}): {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JSONFileError(
+            f"the {what} is not valid JSON ({target}, line {exc.lineno} column {exc.colno}): "
+            f"{exc.msg}"
+        ) from exc
+
+
+def _model_config_dict(path: Path) -> dict[str, Any]:
+    """``config.json`` of ``path`` as a dict, refused when missing, not JSON or not EGTR's."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelNotFoundError(
+            f"{str(path)!r} is not an EGTR model directory (no config.json): {_FIX}"
+        )
+    try:
+        data = read_json_file(config_file, "model configuration")
+    except JSONFileError as exc:
+        raise ModelDirectoryError(str(exc)) from exc
+    if not isinstance(data, dict):
+        raise ModelDirectoryError(
+            f"the model configuration is not a JSON object ({config_file}): {_FIX}"
+        )
+    kind = data.get("model_type")
+    if kind != MODEL_TYPE:
+        described = f"a {kind!r} model" if isinstance(kind, str) else "a model without model_type"
+        fix = f"CLIP models are for clip4dm; egtr needs a {_WRITTEN_BY}" if kind == "clip" else _FIX
+        raise WrongModelKindError(
+            f"{str(path)!r} holds {described}, not an EGTR model "
+            f"({config_file}: model_type should be {MODEL_TYPE!r}): {fix}"
+        )
+    return data
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' load report and "Loading weights" bar: :func:`load_pretrained`
+    reports problems itself, and reading a model directory takes about a second at most."""
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    bar = hf_logging.is_progress_bar_enabled()
+    if bar:
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bar:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def read_model_config(path: str | os.PathLike[str], **overrides: Any) -> EGTRConfig:
+    """The :class:`EGTRConfig` of the model directory ``path`` (no weights are read).
+
+    Raises :class:`ModelNotFoundError` (no ``config.json``), :class:`WrongModelKindError`
+    (another kind of model) or :class:`ModelDirectoryError` (not JSON, or not a valid EGTR
+    configuration).
+    """
+    directory = Path(path)
+    _model_config_dict(directory)
+    try:
+        with _quiet_loading():
+            config = EGTRConfig.from_pretrained(directory, **overrides)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelDirectoryError(
+            f"config.json is not a valid EGTR configuration ({directory / 'config.json'}): {exc}"
+        ) from exc
+    if not isinstance(config, EGTRConfig):  # pragma: no cover - return_unused_kwargs not used
+        raise ModelDirectoryError(f"cannot read the configuration of {str(directory)!r}")
+    return config
+
+
+def load_pretrained(path: str | os.PathLike[str], **overrides: Any) -> EGTRForSceneGraphGeneration:
+    """Load the model directory ``path`` strictly; returns the model (CPU, float32, eval mode).
+
+    ``overrides`` change configuration fields as ``from_pretrained`` does (e.g. ``id2label``);
+    they may not change a weight's shape. Every weight must be present, readable and of the right
+    shape: ``from_pretrained`` alone would random-initialise a missing weight with only a
+    warning.
+
+    Raises :class:`ModelNotFoundError` (no ``config.json``), :class:`WrongModelKindError` (not an
+    EGTR model) or :class:`ModelDirectoryError` (unreadable files; missing, unexpected or wrongly
+    shaped weights, listed). All are ``ValueError``.
+    """
+    directory = Path(path)
+    _model_config_dict(directory)
+    try:
+        with _quiet_loading():
+            loaded: tuple[EGTRForSceneGraphGeneration, dict[str, Any]] = (
+                EGTRForSceneGraphGeneration.from_pretrained(  # type: ignore[assignment]
+                    directory,
+                    output_loading_info=True,
+                    ignore_mismatched_sizes=True,
+                    **overrides,
+                )
+            )
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelDirectoryError(
+            f"cannot read the EGTR model in {str(directory)!r} ({message}): check that the "
+            "weights file is complete, or save / convert the model again"
+        ) from exc
+    model, info = loaded
+    problems = _weight_problems(info)
+    if problems:
+        raise ModelDirectoryError(
+            f"the weights in {str(directory)!r} do not fit its config.json ({'; '.join(problems)})"
+            ": save or convert the model again (a different model's weights?)"
+        )
+    model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+def _weight_problems(info: Mapping[str, Any]) -> list[str]:
+    """One phrase per kind of problem in ``from_pretrained``'s loading info."""
+    problems = []
+    for kind, label in (("missing_keys", "missing"), ("unexpected_keys", "unexpected")):
+        keys = list(info.get(kind) or ())
+        if keys:
+            problems.append(f"{label} {len(keys)}: {summarise_keys(keys)}")
+    mismatched = list(info.get("mismatched_keys") or ())
+    if mismatched:
+        described = [_describe_mismatch(item) for item in mismatched]
+        problems.append(f"wrong shape {len(described)}: {summarise_keys(described)}")
+    errors = list(info.get("error_msgs") or ())
+    if errors:
+        problems.append(f"errors: {summarise_keys(errors, limit=1)}")
+    return problems
+
+
+def _describe_mismatch(item: Any) -> str:
+    if isinstance(item, tuple) and len(item) == 3:
+        key, stored, expected = item
+        return f"{key} (file {list(stored)} vs model {list(expected)})"
+    return str(item)
+
 
 def egtr_visual_genome(
     *, weights: str | os.PathLike[str] | None = None, **config_overrides: Any
 ) -> EGTRForSceneGraphGeneration:
-    """EGTR for Visual Genome (150 objects, 50 predicates).
+    """EGTR for Visual Genome (150 objects, 50 predicates); returns the model.
 
     ``weights``: ``None`` (random init, nothing downloaded) or a local directory written by
-    ``save_pretrained`` / ``egtr convert``.
+    ``save_pretrained`` / ``egtr convert``, loaded with :func:`load_pretrained` (whose errors it
+    raises); a directory of another label space raises :class:`ModelDirectoryError`.
     """
     return _build(EGTRConfig.visual_genome(**config_overrides), weights)
 
@@ -26,7 +243,10 @@ def egtr_visual_genome(
 def egtr_open_images(
     *, weights: str | os.PathLike[str] | None = None, **config_overrides: Any
 ) -> EGTRForSceneGraphGeneration:
-    """EGTR for Open Images V6 (601 objects, 30 predicates); ``weights`` as for VG."""
+    """EGTR for Open Images V6 (601 objects, 30 predicates); returns the model.
+
+    ``weights`` and errors as for :func:`egtr_visual_genome`.
+    """
     return _build(EGTRConfig.open_images(**config_overrides), weights)
 
 
@@ -37,7 +257,7 @@ def _build(
         return EGTRForSceneGraphGeneration(config)
     path = Path(weights)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"weights={str(weights)!r} is not a local EGTR model directory (no config.json); "
             "nothing is downloaded — convert a released checkpoint with `egtr convert` first"
         )
@@ -45,36 +265,8 @@ def _build(
     loaded = model.config
     expected = (config.num_object_labels, config.num_rel_labels)
     if (loaded.num_object_labels, loaded.num_rel_labels) != expected:
-        raise ValueError(
+        raise ModelDirectoryError(
             f"{str(path)!r} holds a model with {loaded.num_object_labels} objects / "
             f"{loaded.num_rel_labels} predicates, expected {expected[0]} / {expected[1]}"
-        )
-    return model
-
-
-def load_pretrained(path: str | os.PathLike[str]) -> EGTRForSceneGraphGeneration:
-    """Load a model directory strictly: every weight present, readable and of the right shape.
-
-    ``from_pretrained`` alone would random-initialise missing weights with only a warning; here
-    unreadable weights and missing, unexpected or wrongly shaped keys raise ``ValueError``.
-    """
-    try:
-        loaded: tuple[EGTRForSceneGraphGeneration, dict[str, Any]] = (
-            EGTRForSceneGraphGeneration.from_pretrained(  # type: ignore[assignment]
-                path, output_loading_info=True, ignore_mismatched_sizes=True
-            )
-        )
-    except (OSError, SafetensorError) as exc:
-        raise ValueError(f"cannot read the EGTR model in {str(path)!r}: {exc}") from exc
-    model, info = loaded
-    problems = {
-        kind: sorted(str(key) for key in info.get(kind) or ())
-        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
-    }
-    problems = {kind: keys for kind, keys in problems.items() if keys}
-    if problems or info.get("error_msgs"):
-        raise ValueError(
-            f"{str(path)!r} does not hold weights for its config.json (a different model?): "
-            f"{problems or info['error_msgs']}"
         )
     return model

@@ -8,8 +8,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import DeformableDetrConfig
 
 from egtr._labels import VG150_OBJECTS, VG150_PREDICATES
+from egtr.postprocess import OBJECT_SCORES
+from egtr.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
-OBJECT_SCORES = ("softmax", "sigmoid")
+__all__ = ["OBJECT_SCORES", "EGTRConfig"]
 
 
 @strict
@@ -27,7 +29,11 @@ class EGTRConfig(DeformableDetrConfig):  # type: ignore[no-untyped-call]
         use_logit_adjustment / logit_adjustment_tau: post-hoc ``logits -= tau * log(rel_dist)``.
         object_score: ``"softmax"`` (the reference's inference) or ``"sigmoid"`` (its training).
         top_k / graph_constrained: defaults of the scene-graph extraction.
-        image_min_size / image_max_size / image_mean / image_std: preprocessing.
+        image_min_size / image_max_size / image_mean / image_std: preprocessing (the mean and
+            std default to :data:`egtr.preprocessing.IMAGENET_MEAN` / ``IMAGENET_STD``).
+
+    Raises ``ValueError`` for an ``object_score`` not in :data:`OBJECT_SCORES`, predicate names
+    that do not match ``num_rel_labels``, or a two-stage / box-refinement detector.
     """
 
     model_type = "egtr"
@@ -48,9 +54,9 @@ class EGTRConfig(DeformableDetrConfig):  # type: ignore[no-untyped-call]
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)  # type: ignore[no-untyped-call]
         if self.image_mean is None:
-            self.image_mean = [0.485, 0.456, 0.406]
+            self.image_mean = list(IMAGENET_MEAN)
         if self.image_std is None:
-            self.image_std = [0.229, 0.224, 0.225]
+            self.image_std = list(IMAGENET_STD)
         if self.object_score not in OBJECT_SCORES:
             raise ValueError(
                 f"object_score must be one of {OBJECT_SCORES}, got {self.object_score!r}"

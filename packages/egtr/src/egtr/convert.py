@@ -15,7 +15,6 @@ Dropped on purpose:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -25,15 +24,25 @@ from typing import Any
 import torch
 
 from egtr._labels import VG150_OBJECTS, VG150_PREDICATES
+from egtr.builders import JSONFileError, WrongModelKindError, read_json_file, summarise_keys
 from egtr.configuration import EGTRConfig
 from egtr.modeling import EGTRForSceneGraphGeneration
 from vl_core.checkpoints import (
     CheckpointError,
+    CheckpointMismatchError,
     LoadReport,
     RenameRule,
     load_into,
     load_state_dict,
+    save_safetensors,
 )
+from vl_core.files import OutputExistsError, atomic_write, refuse_input_as_output
+
+LEGACY_MODEL_TYPES = ("deformable_detr",)
+"""``model_type`` values of the authors' run configurations (a config without one is accepted)."""
+
+OUTPUT_FILES = ("model.safetensors", "config.json")
+"""What :func:`convert_checkpoint` writes into its output directory, in this order."""
 
 LIGHTNING_PREFIX = "model."
 
@@ -78,7 +87,10 @@ _DETECTOR_FIELDS = (
 
 
 def strip_lightning_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove Lightning's ``model.`` prefix (present on every key of a released checkpoint)."""
+    """Remove Lightning's ``model.`` prefix (present on every key of a released checkpoint).
+
+    Returns a new dict (unchanged keys when not every key has the prefix).
+    """
     keys = list(state_dict)
     if keys and all(k.startswith(LIGHTNING_PREFIX) for k in keys):
         return {k[len(LIGHTNING_PREFIX) :]: v for k, v in state_dict.items()}
@@ -86,7 +98,10 @@ def strip_lightning_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def drop_shared_head_copies(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop ``class_embed.N`` / ``bbox_embed.N`` (N >= 1) after checking they equal copy ``0``."""
+    """Drop ``class_embed.N`` / ``bbox_embed.N`` (N >= 1) after checking they equal copy ``0``.
+
+    Returns the remaining entries. Raises ``CheckpointError`` when a copy differs from copy 0.
+    """
     kept: dict[str, torch.Tensor] = {}
     differing: list[str] = []
     for key, value in state_dict.items():
@@ -118,7 +133,18 @@ def legacy_config(
     Architecture fields are carried over; training-only fields are ignored. Label names: given
     ones, else real names in the legacy ``id2label``, else the VG150 names for a 150/50 model,
     else ``class_{i}`` / ``predicate_{i}``.
+
+    Raises :class:`~egtr.builders.WrongModelKindError` for the configuration of another kind of
+    model (``model_type`` other than ``deformable_detr``), ``ValueError`` for a configuration
+    the released models cannot have (no label count, a non-timm backbone, wrong name counts).
     """
+    kind = legacy.get("model_type")
+    if kind is not None and kind not in LEGACY_MODEL_TYPES:
+        hint = "; an egtr model directory needs no conversion" if kind == "egtr" else ""
+        raise WrongModelKindError(
+            f"the configuration describes a {kind!r} model, not the authors' Deformable DETR "
+            f"run (model_type should be {LEGACY_MODEL_TYPES[0]!r}{hint})"
+        )
     if legacy.get("use_timm_backbone") is False:
         raise ValueError("only the timm ResNet backbone of the released models is supported")
     kwargs: dict[str, Any] = {k: legacy[k] for k in _DETECTOR_FIELDS if k in legacy}
@@ -160,9 +186,23 @@ def _legacy_num_labels(legacy: Mapping[str, Any]) -> int:
 
 
 def read_categories(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-    """Object and predicate names from a ``categories_dict.json`` (``{"obj": [...], "rel": [...]}``)."""
-    data = json.loads(Path(path).read_text())
-    return [str(x) for x in data["obj"]], [str(x) for x in data["rel"]]
+    """Object and predicate names from a ``categories_dict.json`` (``{"obj": [...], "rel": [...]}``).
+
+    Returns ``(object names, predicate names)``. Raises :class:`~egtr.builders.JSONFileError`
+    (a ``ValueError``) naming the file (and line) when it is missing, not JSON or lacks the
+    ``obj`` / ``rel`` lists.
+    """
+    data = read_json_file(path, "categories file")
+    lists = {}
+    for key in ("obj", "rel"):
+        names = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(names, list):
+            raise JSONFileError(
+                f"the categories file has no {key!r} list ({path}): expected "
+                '{"obj": [object names], "rel": [predicate names]}'
+            )
+        lists[key] = [str(x) for x in names]
+    return lists["obj"], lists["rel"]
 
 
 def load_legacy_weights(
@@ -170,8 +210,8 @@ def load_legacy_weights(
 ) -> LoadReport:
     """Strictly load a released state dict (with or without the Lightning prefix) into ``model``.
 
-    Raises ``vl_core.checkpoints.CheckpointMismatchError`` listing missing, unexpected and
-    wrongly shaped keys.
+    Returns the ``LoadReport``. Raises ``vl_core.checkpoints.CheckpointMismatchError`` listing
+    missing, unexpected and wrongly shaped keys, ``CheckpointError`` for differing head copies.
     """
     cleaned = drop_shared_head_copies(strip_lightning_prefix(state_dict))
     return load_into(model, cleaned, rules=LEGACY_RENAME_RULES, strict=True, ignore=DROPPED_KEYS)
@@ -183,21 +223,92 @@ def convert_checkpoint(
     out: str | os.PathLike[str],
     *,
     categories: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> LoadReport:
-    """Convert a released ``.ckpt`` (+ its ``config.json``) into a ``from_pretrained`` directory.
+    """Convert a released ``.ckpt`` (+ its ``config.json``) into a model directory; returns the
+    ``LoadReport`` of the strict load.
 
     The checkpoint is read with ``torch.load(weights_only=True)`` (via vl-core); nothing is
-    unpickled beyond tensors and plain containers. Writes ``out/config.json`` and
-    ``out/model.safetensors``.
+    unpickled beyond tensors and plain containers. Writes ``out/model.safetensors`` and then
+    ``out/config.json`` (each atomically), loadable with :func:`egtr.builders.load_pretrained`.
+    Nothing is written unless every key matched. ``out`` must not exist or be empty, unless
+    ``overwrite`` (which replaces the model files of an EGTR model directory, never those of
+    another kind of model); it may never hold one of the inputs.
+
+    Raises :class:`~egtr.builders.JSONFileError` (a configuration or categories file that is
+    missing or not JSON, named with its line), :class:`~egtr.builders.WrongModelKindError` (the
+    configuration of another model), ``ValueError`` (a configuration the released models cannot
+    have), ``vl_core.files.OutputExistsError`` (``out`` holds files, or an input),
+    ``FileNotFoundError`` / ``CheckpointError`` (a missing or unreadable checkpoint) and
+    ``CheckpointMismatchError`` (keys that do not match, listed).
     """
+    target = Path(out)
+    inputs = [Path(checkpoint)]
+    if not isinstance(config, EGTRConfig):
+        inputs.append(Path(config))
+    if categories is not None:
+        inputs.append(Path(categories))
+    _check_output_directory(target, inputs, overwrite=overwrite)
     if isinstance(config, EGTRConfig):
         egtr_config = config
     else:
-        legacy = json.loads(Path(config).read_text())
+        legacy = read_json_file(config, "run configuration")
+        if not isinstance(legacy, dict):
+            raise JSONFileError(
+                f"the run configuration is not a JSON object ({config}): give the run's config.json"
+            )
         objects, predicates = read_categories(categories) if categories else (None, None)
         egtr_config = legacy_config(legacy, object_labels=objects, predicate_labels=predicates)
     state_dict = load_state_dict(checkpoint)
     model = EGTRForSceneGraphGeneration(egtr_config)
     report = load_legacy_weights(model, state_dict)
-    model.save_pretrained(out)
+    target.mkdir(parents=True, exist_ok=True)
+    save_safetensors(model.state_dict(), target / OUTPUT_FILES[0], metadata={"format": "pt"})
+    model.config.dtype = str(model.dtype).split(".")[1]  # as save_pretrained: "float32"
+    model.config.architectures = [type(model).__name__]
+    atomic_write(target / OUTPUT_FILES[1], model.config.to_json_string(use_diff=True))
     return report
+
+
+def _check_output_directory(target: Path, inputs: list[Path], *, overwrite: bool) -> None:
+    """Refuse an output that is a file, holds files (unless ``overwrite``) or holds an input."""
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(
+            f"the output must be a directory, but {str(target)!r} is a file: choose another --out"
+        )
+    refuse_input_as_output([target / name for name in OUTPUT_FILES], inputs)
+    if not (target.is_dir() and any(target.iterdir())):
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"the output directory {str(target)!r} is not empty: choose another --out, or pass "
+            "--overwrite to replace its model files"
+        )
+    existing = target / "config.json"
+    if existing.exists():
+        try:
+            kind = read_json_file(existing, "model configuration").get("model_type")
+        except (JSONFileError, AttributeError):
+            kind = None
+        if kind != EGTRConfig.model_type:
+            raise OutputExistsError(
+                f"the output directory {str(target)!r} holds another kind of model "
+                f"({existing}: model_type {kind!r}); --overwrite only replaces an EGTR model: "
+                "choose another --out"
+            )
+
+
+def describe_mismatch(exc: CheckpointMismatchError) -> str:
+    """One line for a failed strict conversion: each kind of problem with its first few keys."""
+    report = exc.report
+    parts = []
+    if report.missing_keys:
+        parts.append(f"missing {len(report.missing_keys)}: {summarise_keys(report.missing_keys)}")
+    if report.unexpected_keys:
+        parts.append(
+            f"unexpected {len(report.unexpected_keys)}: {summarise_keys(report.unexpected_keys)}"
+        )
+    if report.shape_mismatches:
+        shapes = [f"{k} ({list(c)} vs {list(m)})" for k, c, m in report.shape_mismatches]
+        parts.append(f"wrong shape {len(shapes)} (checkpoint vs model): {summarise_keys(shapes)}")
+    return "; ".join(parts)

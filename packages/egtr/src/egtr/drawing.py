@@ -1,6 +1,8 @@
 """Draw a scene graph: boxes and labels on the image, the relation graph beside it, one PNG.
 
-Needs matplotlib (``pip install 'egtr[viz]'``); it is imported only when drawing.
+Needs matplotlib (``pip install 'egtr[viz]'``); it is imported only when drawing. Drawings are
+written atomically and carry a PNG text chunk (``Software: egtr draw_scene_graph``) so that
+``egtr predict`` can tell its own drawings from other files (:func:`is_drawing`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from egtr.scene_graph import SceneGraph
+from vl_core.cli import require_extra
+from vl_core.files import atomic_save
 from vl_core.images import ImageSource, load_image
+
+DRAWING_SOFTWARE = "egtr draw_scene_graph"
+"""The ``Software`` text chunk of every PNG written by :func:`draw_scene_graph`."""
 
 _COLORS = (
     "tab:red",
@@ -27,15 +34,31 @@ _COLORS = (
 )
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
+def require_matplotlib() -> Any:
+    """The ``matplotlib.pyplot`` module (Agg backend unless one was chosen).
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("draw_scene_graph needs matplotlib: pip install 'egtr[viz]'") from exc
-    return plt
+    Raises ``vl_core.cli.MissingExtraError`` (an ``ImportError``) naming ``egtr[viz]`` when
+    matplotlib is not installed.
+    """
+    matplotlib = require_extra(
+        "matplotlib", package="egtr", extra="viz", feature="drawing scene graphs"
+    )
+    matplotlib.use("Agg", force=False)
+    return require_extra(
+        "matplotlib.pyplot", package="egtr", extra="viz", feature="drawing scene graphs"
+    )
+
+
+def is_drawing(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a PNG written by :func:`draw_scene_graph` (False when unreadable)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {})
+            return bool(image.format == "PNG" and text.get("Software") == DRAWING_SOFTWARE)
+    except (OSError, ValueError):
+        return False
 
 
 def draw_scene_graph(
@@ -48,9 +71,14 @@ def draw_scene_graph(
 ) -> Path:
     """Write one PNG to ``path``: the image with the graph's boxes, and the graph drawn beside it.
 
-    Only the best ``max_relations`` relations (and the objects they use) are drawn.
+    Only the best ``max_relations`` relations (and the objects they use) are drawn. The file is
+    replaced atomically (parent folders are created). Returns ``path`` as a ``Path``.
+
+    Raises ``vl_core.cli.MissingExtraError`` (an ``ImportError``) without matplotlib,
+    ``vl_core.images.ImageLoadError`` when ``image`` cannot be read and ``OSError`` when the file
+    cannot be written.
     """
-    plt = _pyplot()
+    plt = require_matplotlib()
     picture = load_image(image)
     relations = graph.relations if max_relations is None else graph.relations[:max_relations]
     used = sorted({r.subject for r in relations} | {r.object for r in relations})
@@ -78,10 +106,13 @@ def draw_scene_graph(
                 bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "edgecolor": "none"},
             )
         _draw_graph(ax_graph, graph, used, relations)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
-        fig.savefig(target, format="png", dpi=dpi)
+        target = atomic_save(
+            path,
+            lambda temporary: fig.savefig(
+                temporary, format="png", dpi=dpi, metadata={"Software": DRAWING_SOFTWARE}
+            ),
+        )
     finally:
         plt.close(fig)
     return target

@@ -8,6 +8,7 @@ and keys EGTR needs are recorded with forward hooks on each decoder layer's ``q_
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,11 @@ from vl_core.capture import Capture
 _PRIOR_PROB = 0.01
 
 RELATION_HEAD_IMPLS = ("factorised", "literal")
+
+_POWER_OF_TWO_HEADS_WARNING = (
+    r"You'd better set embed_dim \(d_model\) in DeformableDetrMultiscaleDeformableAttention"
+)
+"""transformers' advice (a ``UserWarning``) for a per-head width that is not a power of 2."""
 
 
 @dataclass
@@ -57,7 +63,8 @@ class EGTROutput(ModelOutput):
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``log(x / (1 - x))`` with both terms clamped at ``eps`` (as Deformable DETR)."""
+    """``log(x / (1 - x))`` with both terms clamped at ``eps`` (as Deformable DETR); returns a
+    tensor of the same shape."""
     x = x.clamp(0, 1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
@@ -96,7 +103,15 @@ class EGTRForSceneGraphGeneration(EGTRPreTrainedModel):  # type: ignore[no-untyp
     def __init__(self, config: EGTRConfig) -> None:
         super().__init__(config)
         d = config.d_model
-        self.model = DeformableDetrModel(config)
+        with warnings.catch_warnings():
+            # Known harmless: the advice concerns the speed of the authors' CUDA kernel, which
+            # this model never uses (transformers' pure-PyTorch deformable attention runs for any
+            # head width). Small models (e.g. d_model 96 with 4 heads) would print it on every
+            # load. Only this one message is filtered.
+            warnings.filterwarnings(
+                "ignore", message=_POWER_OF_TWO_HEADS_WARNING, category=UserWarning
+            )
+            self.model = DeformableDetrModel(config)
         self.class_embed = nn.Linear(d, config.num_object_labels)
         self.bbox_embed = PredictionMLP(d, d, 4, 3)
         self.relation_head = RelationHead(d, config.decoder_layers, config.num_rel_labels)
@@ -109,7 +124,8 @@ class EGTRForSceneGraphGeneration(EGTRPreTrainedModel):  # type: ignore[no-untyp
     rel_dist: Tensor
 
     def capture_names(self) -> tuple[list[str], list[str]]:
-        """Qualified names of each decoder layer's self-attention ``q_proj`` and ``k_proj``."""
+        """``(query names, key names)``: qualified names of each decoder layer's self-attention
+        ``q_proj`` and ``k_proj``."""
         layers = range(self.config.decoder_layers)
         queries = [f"model.decoder.layers.{i}.self_attn.q_proj" for i in layers]
         keys = [f"model.decoder.layers.{i}.self_attn.k_proj" for i in layers]
@@ -118,7 +134,10 @@ class EGTRForSceneGraphGeneration(EGTRPreTrainedModel):  # type: ignore[no-untyp
     def set_frequency_statistics(
         self, triplet_dist: Tensor, rel_dist: Tensor | None = None
     ) -> None:
-        """Install a frequency-bias table (and optionally the predicate marginal)."""
+        """Install a frequency-bias table (and optionally the predicate marginal).
+
+        Raises ``ValueError`` when ``triplet_dist`` does not have the model's shape.
+        """
         if triplet_dist.shape != self.triplet_dist.shape:
             raise ValueError(
                 f"triplet_dist must have shape {tuple(self.triplet_dist.shape)}, "
@@ -147,6 +166,9 @@ class EGTRForSceneGraphGeneration(EGTRPreTrainedModel):  # type: ignore[no-untyp
         ``relation_head_impl="literal"`` builds the ``[B, N, N, L+1, 2d]`` pair tensor
         (:func:`~egtr.relation_head.literal_relation_logits`) instead of the factorised head:
         same numbers, far more memory; for tests and benchmarks only.
+
+        Returns an :class:`EGTROutput`; raises ``ValueError`` for an unknown
+        ``relation_head_impl``.
         """
         if relation_head_impl not in RELATION_HEAD_IMPLS:
             raise ValueError(
@@ -208,7 +230,8 @@ class EGTRForSceneGraphGeneration(EGTRPreTrainedModel):  # type: ignore[no-untyp
         return torch.sigmoid(self.bbox_embed(hidden) + offset)
 
     def frequency_bias(self, class_logits: Tensor) -> Tensor:
-        """``triplet_dist[c_i, c_j]`` for every pair, ``c = argmax`` of the class logits."""
+        """``triplet_dist[c_i, c_j]`` for every pair, ``c = argmax`` of the class logits: returns
+        ``[B, N, N, P]`` in the logits' dtype."""
         classes = class_logits.argmax(dim=-1)  # [B, N]
         bias = self.triplet_dist[classes.unsqueeze(-1), classes.unsqueeze(-2)]  # [B, N, N, P]
         return bias.to(class_logits.dtype)

@@ -15,6 +15,10 @@ from torch import Tensor
 
 from egtr.scene_graph import DEFAULT_OBJECT_THRESHOLD, Relation, SceneGraph, SceneObject
 
+OBJECT_SCORES = ("softmax", "sigmoid")
+"""How a query's object score is computed: max over classes of the softmax (the reference's
+inference; the default) or of the sigmoid (its training) of the class logits."""
+
 
 @dataclass(frozen=True)
 class Triplets:
@@ -27,13 +31,16 @@ class Triplets:
 
 
 def object_scores(logits: Tensor, mode: str = "softmax") -> tuple[Tensor, Tensor]:
-    """Per-query score and class: max over classes of ``softmax`` (default) or ``sigmoid``."""
+    """Per-query ``(scores, labels)``: max over classes of ``softmax`` (default) or ``sigmoid``.
+
+    Raises ``ValueError`` for a ``mode`` not in :data:`OBJECT_SCORES`.
+    """
     if mode == "softmax":
         probs = logits.float().softmax(dim=-1)
     elif mode == "sigmoid":
         probs = logits.float().sigmoid()
     else:
-        raise ValueError(f"object score mode must be 'softmax' or 'sigmoid', got {mode!r}")
+        raise ValueError(f"object score mode must be one of {OBJECT_SCORES}, got {mode!r}")
     scores, labels = probs.max(dim=-1)
     return scores, labels
 
@@ -48,7 +55,8 @@ def top_triplets(
 ) -> Triplets:
     """Best ``top_k`` triplets of one image from ``obj_scores [N]``, ``rel [N, N, P]``, ``conn [N, N]``.
 
-    Ties keep the lower flat index first (stable sort), so results are deterministic.
+    Returns :class:`Triplets`, best first. Ties keep the lower flat index first (stable sort), so
+    results are deterministic. Raises ``ValueError`` for inconsistent shapes or ``top_k < 0``.
     """
     n, n2, num_pred = rel.shape
     if n != n2 or obj_scores.shape != (n,):
@@ -79,7 +87,10 @@ def top_triplets(
 
 
 def boxes_to_pixels(boxes: Tensor, width: int, height: int) -> Tensor:
-    """Normalised ``(cx, cy, w, h)`` to pixel ``(x1, y1, x2, y2)`` of a ``width x height`` image."""
+    """Normalised ``(cx, cy, w, h)`` to pixel ``(x1, y1, x2, y2)`` of a ``width x height`` image.
+
+    Returns a float tensor of the same shape as ``boxes``.
+    """
     cx, cy, w, h = boxes.float().unbind(-1)
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
     scale = torch.tensor([width, height, width, height], dtype=xyxy.dtype, device=xyxy.device)
@@ -105,6 +116,8 @@ def build_scene_graph(
     Objects are those taking part in a kept relation plus, unless ``object_threshold`` is
     ``None``, every query whose object score is ``>= object_threshold`` (standalone objects),
     sorted by score; relations keep the triplet order (best first) and index into the objects.
+    Returns the :class:`SceneGraph`; raises ``ValueError`` as :func:`object_scores` and
+    :func:`top_triplets` do.
     """
     scores, labels = object_scores(logits, object_score)
     trip = top_triplets(scores, rel, connectivity, top_k=top_k, graph_constrained=graph_constrained)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from egtr.builders import load_pretrained
 from egtr.modeling import EGTRForSceneGraphGeneration
-from egtr.postprocess import build_scene_graph
-from egtr.preprocessing import preprocess, resized_size
+from egtr.postprocess import OBJECT_SCORES, build_scene_graph
+from egtr.preprocessing import IMAGENET_MEAN, IMAGENET_STD, preprocess, resized_size
 from egtr.scene_graph import DEFAULT_OBJECT_THRESHOLD, SceneGraph
 from vl_core.devices import DeviceLike, DTypeLike, resolve_device, resolve_dtype
 from vl_core.images import ImageSource, load_image
@@ -21,7 +21,8 @@ from vl_core.images import ImageSource, load_image
 class EGTRPredictor:
     """Run an EGTR model on images: load, preprocess, batch, post-process.
 
-    ``model_or_dir`` is a model or a directory written by ``save_pretrained`` / ``egtr convert``.
+    ``model_or_dir`` is a model or a directory written by ``save_pretrained`` / ``egtr convert``
+    (opened with :func:`egtr.builders.load_pretrained`, strictly).
     ``device`` / ``dtype`` ``"auto"``: CUDA with bf16 (or fp16) when available, else CPU fp32.
     ``top_k``, ``graph_constrained``, ``object_score``, ``min_size`` and ``max_size`` default to the
     model config's values. ``object_threshold``: objects scoring at least this are listed even
@@ -31,6 +32,12 @@ class EGTRPredictor:
     result never depends on which other images were in the batch (Deformable DETR's input
     GroupNorm sees padded positions, so padding shifts outputs slightly). ``pad_batches=True``
     pads mixed sizes into one batch with a pixel mask instead: faster, not bit-identical.
+
+    Raises (at construction) the errors of :func:`~egtr.builders.load_pretrained`
+    (``ModelNotFoundError``, a ``FileNotFoundError``; ``WrongModelKindError`` and
+    ``ModelDirectoryError``, both ``ValueError``), and ``ValueError`` for an unknown device or
+    dtype, a negative ``top_k``, an ``object_score`` not in ``OBJECT_SCORES`` or an
+    ``object_threshold`` outside [0, 1].
     """
 
     def __init__(
@@ -47,18 +54,18 @@ class EGTRPredictor:
         pad_batches: bool = False,
         object_threshold: float | None = DEFAULT_OBJECT_THRESHOLD,
     ) -> None:
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        if object_score is not None and object_score not in OBJECT_SCORES:
+            raise ValueError(f"object_score must be one of {OBJECT_SCORES}, got {object_score!r}")
+        if object_threshold is not None and not 0.0 <= object_threshold <= 1.0:
+            raise ValueError(f"object_threshold must be in [0, 1] or None, got {object_threshold}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if isinstance(model_or_dir, EGTRForSceneGraphGeneration):
             model = model_or_dir
         else:
-            path = Path(model_or_dir)
-            if not (path / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"{str(path)!r} is not an EGTR model directory (no config.json); "
-                    "create one with save_pretrained or `egtr convert`"
-                )
-            model = load_pretrained(path)
+            model = load_pretrained(Path(model_or_dir))
         model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
         model.eval()  # type: ignore[no-untyped-call]
         self.model = model
@@ -76,13 +83,17 @@ class EGTRPredictor:
     def predict(
         self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 1
     ) -> list[SceneGraph]:
-        """One :class:`SceneGraph` per image (a single image also gives a one-element list)."""
+        """One :class:`SceneGraph` per image (a single image also gives a one-element list).
+
+        Raises ``vl_core.images.ImageLoadError`` (a ``ValueError``) naming an image that cannot
+        be read, and ``ValueError`` when ``batch_size < 1``.
+        """
         return list(self.iter_predict(images, batch_size=batch_size))
 
     def iter_predict(
         self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 1
     ) -> Iterator[SceneGraph]:
-        """Like :meth:`predict`, yielding each graph as soon as its batch is done."""
+        """Like :meth:`predict`, yielding each graph as soon as its batch is done (same errors)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sources = _as_list(images)
@@ -91,7 +102,12 @@ class EGTRPredictor:
             yield from self.predict_loaded(batch)
 
     def predict_loaded(self, images: Sequence[Image.Image]) -> list[SceneGraph]:
-        """Graphs of already loaded RGB images, in order, in one go (see the class docs on batching)."""
+        """Graphs of already loaded RGB images, in order, in one go (see the class docs on batching).
+
+        Returns one :class:`SceneGraph` per image (an empty list for no images).
+        """
+        if not images:
+            return []
         if self.pad_batches:
             return self._forward(images)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -110,8 +126,8 @@ class EGTRPredictor:
             images,
             min_size=self.min_size,
             max_size=self.max_size,
-            mean=self.model.config.image_mean or (0.485, 0.456, 0.406),
-            std=self.model.config.image_std or (0.229, 0.224, 0.225),
+            mean=self.model.config.image_mean or IMAGENET_MEAN,
+            std=self.model.config.image_std or IMAGENET_STD,
         )
         out = self.model(
             pixel_values=inputs.pixel_values.to(self.device, self.dtype),

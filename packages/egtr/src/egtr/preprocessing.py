@@ -1,5 +1,10 @@
 """Deformable DETR preprocessing: resize (shorter side 800, longer at most 1333), ImageNet
-normalisation, and bottom/right zero padding of a batch with a pixel mask."""
+normalisation, and bottom/right zero padding of a batch with a pixel mask.
+
+Sizes: every image size in egtr's public API and output files is ``(width, height)`` (PIL's
+order): :func:`resized_size`, :attr:`BatchInputs.original_sizes`, ``SceneGraph.image_size``.
+Tensor shapes are ``[..., H, W]`` as usual in PyTorch.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,11 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""ImageNet per-channel (R, G, B) mean: the one constant used by inference preprocessing, the
+training transforms (:mod:`egtr.data.transforms`) and :class:`~egtr.EGTRConfig`'s default."""
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""ImageNet per-channel (R, G, B) standard deviation (see :data:`IMAGENET_MEAN`)."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,10 @@ class BatchInputs:
 def resized_size(
     width: int, height: int, min_size: int = 800, max_size: int | None = 1333
 ) -> tuple[int, int]:
-    """``(new_width, new_height)``: shorter side ``min_size`` unless the longer would pass ``max_size``."""
+    """``(new_width, new_height)``: shorter side ``min_size`` unless the longer would pass ``max_size``.
+
+    Raises ``ValueError`` for a non-positive ``width`` or ``height``.
+    """
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     size = float(min_size)
@@ -54,7 +65,10 @@ def preprocess(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> BatchInputs:
-    """Resize, normalise and pad RGB PIL images into one batch."""
+    """Resize, normalise and pad RGB PIL images into one batch; returns :class:`BatchInputs`.
+
+    Raises ``ValueError`` when ``images`` is empty.
+    """
     if not images:
         raise ValueError("no images to preprocess")
     tensors: list[Tensor] = []

@@ -16,7 +16,10 @@ from torch import Tensor, nn
 
 
 class PredictionMLP(nn.Module):
-    """A plain MLP (``Linear`` layers with ReLU between them), as DETR's prediction heads."""
+    """A plain MLP (``Linear`` layers with ReLU between them), as DETR's prediction heads.
+
+    ``forward(x)`` returns ``[..., output_dim]`` for ``x`` ``[..., input_dim]``.
+    """
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
         super().__init__()
@@ -28,7 +31,8 @@ class PredictionMLP(nn.Module):
         return self.tail(x, start=0)
 
     def tail(self, x: Tensor, start: int) -> Tensor:
-        """Run layers ``start..`` on ``x`` (``x`` is the pre-activation output of layer ``start-1``)."""
+        """Run layers ``start..`` on ``x`` (``x`` is the pre-activation output of layer ``start-1``);
+        returns the last layer's output."""
         if start > 0:
             x = F.relu(x)
         last = len(self.layers) - 1
@@ -45,7 +49,8 @@ class RelationHead(nn.Module):
     Inputs: ``queries`` and ``keys`` ``[B, L, N, d]`` (unscaled ``q_proj``/``k_proj`` outputs of each
     decoder layer's self-attention, heads concatenated), ``last_hidden`` ``[B, N, d]``.
     Outputs: relation logits ``[B, N, N, P]`` (subject = row, object = column) and connectivity
-    logits ``[B, N, N]``, before any frequency bias.
+    logits ``[B, N, N]``, before any frequency bias (``forward`` returns both). Inputs of other
+    shapes raise ``ValueError``.
     """
 
     def __init__(self, d_model: int, num_layers: int, num_rel_labels: int) -> None:
@@ -61,7 +66,10 @@ class RelationHead(nn.Module):
         self.connectivity_mlp = PredictionMLP(2 * d_model, d_model, 1, 3)
 
     def sources(self, queries: Tensor, keys: Tensor, last_hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """Subject and object halves of every source, ``[B, L+1, N, d]`` each."""
+        """Subject and object halves of every source, ``[B, L+1, N, d]`` each.
+
+        Raises ``ValueError`` for inputs of the wrong shape.
+        """
         self._check(queries, keys, last_hidden)
         subj = [proj(queries[:, layer]) for layer, proj in enumerate(self.proj_q)]
         obj = [proj(keys[:, layer]) for layer, proj in enumerate(self.proj_k)]
@@ -123,7 +131,9 @@ def literal_relation_logits(
 ) -> tuple[Tensor, Tensor]:
     """The definition, literally: build the ``[B, N, N, L+1, 2d]`` pair tensor, gate, sum, MLPs.
 
-    Memory grows as ``N^2 (L+1) 2d``; use :class:`RelationHead` itself for real work.
+    Returns ``(relation logits [B, N, N, P], connectivity logits [B, N, N])``; raises
+    ``ValueError`` as :meth:`RelationHead.sources`. Memory grows as ``N^2 (L+1) 2d``; use
+    :class:`RelationHead` itself for real work.
     """
     subj, obj = head.sources(queries, keys, last_hidden)  # [B, S, N, d]
     n = subj.shape[2]
@@ -140,6 +150,8 @@ def build_triplet_dist(counts: Tensor) -> Tensor:
     Exactly the reference's construction, ``log(fg + 1e-12 / (fg.sum(-1) + 1e-12))``: by operator
     precedence this is ``log(count + tiny)`` — about ``log(count)`` for seen triplets, about -27.6
     for an unseen predicate of a seen pair and 0 for an unseen pair. Released checkpoints store it.
+
+    Returns a float32 tensor of the same shape; raises ``ValueError`` unless ``counts`` is 3-D.
     """
     if counts.dim() != 3:
         raise ValueError(f"counts must be [C+1, C+1, P], got {tuple(counts.shape)}")
@@ -149,7 +161,8 @@ def build_triplet_dist(counts: Tensor) -> Tensor:
 
 
 def build_rel_dist(counts: Tensor) -> Tensor:
-    """Predicate marginal from the same counts (used by the optional logit adjustment)."""
+    """Predicate marginal ``[P]`` (float32, sums to 1) from the same counts (used by the optional
+    logit adjustment)."""
     fg = counts.to(torch.float64)
     eps = 1e-12
     return (fg.sum(dim=(0, 1)) / (fg.sum() + eps)).to(torch.float32)

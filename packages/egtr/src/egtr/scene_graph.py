@@ -1,4 +1,9 @@
-"""The result type: a scene graph of detected objects and subject–predicate–object relations."""
+"""The result type: a scene graph of detected objects and subject–predicate–object relations.
+
+Sizes are ``(width, height)`` and boxes ``(x1, y1, x2, y2)`` in pixels of the original image.
+``to_dict()`` / ``from_dict()`` round-trip exactly; ``egtr predict`` rows are ``to_dict()`` plus
+the run's bookkeeping (``id``, ``image``, ``drawing``).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ class SceneObject:
     """Index of the detector query that produced it (``-1`` when unknown)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict: ``box``, ``label``, ``label_name``, ``score``, ``query``."""
         return {
             "box": [float(v) for v in self.box],
             "label": int(self.label),
@@ -31,6 +37,19 @@ class SceneObject:
             "score": float(self.score),
             "query": int(self.query),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SceneObject:
+        """Inverse of :meth:`to_dict` (``query`` defaults to -1). Raises ``KeyError`` for a
+        missing field, ``ValueError`` / ``TypeError`` for a malformed one."""
+        x1, y1, x2, y2 = (float(v) for v in data["box"])
+        return cls(
+            box=(x1, y1, x2, y2),
+            label=int(data["label"]),
+            label_name=str(data["label_name"]),
+            score=float(data["score"]),
+            query=int(data.get("query", -1)),
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,8 @@ class Relation:
     score: float
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict: ``subject``, ``object``, ``predicate``, ``predicate_name``,
+        ``score``."""
         return {
             "subject": int(self.subject),
             "object": int(self.object),
@@ -51,6 +72,18 @@ class Relation:
             "predicate_name": self.predicate_name,
             "score": float(self.score),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Relation:
+        """Inverse of :meth:`to_dict`. Raises ``KeyError`` for a missing field, ``ValueError`` /
+        ``TypeError`` for a malformed one."""
+        return cls(
+            subject=int(data["subject"]),
+            object=int(data["object"]),
+            predicate=int(data["predicate"]),
+            predicate_name=str(data["predicate_name"]),
+            score=float(data["score"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,8 @@ class SceneGraph:
     at least the ``object_threshold`` of the post-processing, default
     :data:`DEFAULT_OBJECT_THRESHOLD`). ``image_size`` is ``(width, height)`` of the original
     image; relation indices point into ``objects``.
+
+    Raises ``ValueError`` when a relation points outside ``objects``.
     """
 
     objects: tuple[SceneObject, ...]
@@ -95,41 +130,27 @@ class SceneGraph:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SceneGraph:
-        """Inverse of :meth:`to_dict`."""
-        objects = tuple(
-            SceneObject(
-                box=tuple(float(v) for v in o["box"]),  # type: ignore[arg-type]
-                label=int(o["label"]),
-                label_name=str(o["label_name"]),
-                score=float(o["score"]),
-                query=int(o.get("query", -1)),
-            )
-            for o in data["objects"]
-        )
-        relations = tuple(
-            Relation(
-                subject=int(r["subject"]),
-                object=int(r["object"]),
-                predicate=int(r["predicate"]),
-                predicate_name=str(r["predicate_name"]),
-                score=float(r["score"]),
-            )
-            for r in data["relations"]
-        )
+        """Inverse of :meth:`to_dict` (extra keys, such as a row's ``id``, are ignored).
+
+        Raises ``KeyError`` for a missing field, ``ValueError`` / ``TypeError`` for a malformed
+        one or a relation pointing outside the objects.
+        """
+        objects = tuple(SceneObject.from_dict(o) for o in data["objects"])
+        relations = tuple(Relation.from_dict(r) for r in data["relations"])
         width, height = data["image_size"]
         return cls(objects=objects, relations=relations, image_size=(int(width), int(height)))
 
     def to_networkx(self) -> networkx.MultiDiGraph:
         """A ``networkx.MultiDiGraph``: one node per object, one edge per relation.
 
-        Needs the optional dependency ``networkx`` (``pip install 'egtr[viz]'``).
+        Needs the optional dependency ``networkx``: raises ``vl_core.cli.MissingExtraError`` (an
+        ``ImportError``) naming ``egtr[viz]`` without it.
         """
-        try:
-            import networkx as nx
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "SceneGraph.to_networkx needs networkx: pip install 'egtr[viz]'"
-            ) from exc
+        from vl_core.cli import require_extra
+
+        nx = require_extra(
+            "networkx", package="egtr", extra="viz", feature="SceneGraph.to_networkx"
+        )
         graph = nx.MultiDiGraph()
         for index, obj in enumerate(self.objects):
             graph.add_node(

@@ -11,7 +11,6 @@ import errno
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from typing import TypeVar
 import safetensors.torch
 import torch
 from torch import nn
+
+from vl_core.files import atomic_save
 
 __all__ = [
     "CheckpointError",
@@ -315,7 +316,8 @@ def save_safetensors(
     """Write ``state_dict`` as safetensors, making tensors contiguous and un-sharing tied storage.
 
     safetensors refuses tensors that share memory (tied weights) or are non-contiguous views; this
-    saves each such tensor as its own copy. The file is written atomically (temp file + rename).
+    saves each such tensor as its own copy. The file is written atomically
+    (`vl_core.files.atomic_save`: temporary file beside it, fsync, rename).
     """
     prepared: dict[str, torch.Tensor] = {}
     seen_storage: set[tuple[str, int]] = set()
@@ -328,14 +330,9 @@ def save_safetensors(
             data = data.clone()  # a view into a larger buffer: save only its own elements
         seen_storage.add(storage)
         prepared[name] = data.contiguous()
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(handle)
-    try:
-        safetensors.torch.save_file(
+    atomic_save(
+        path,
+        lambda temporary: safetensors.torch.save_file(
             prepared, temporary, metadata=dict(metadata) if metadata is not None else None
-        )
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        ),
+    )

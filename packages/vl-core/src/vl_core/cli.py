@@ -21,6 +21,7 @@ import functools
 import importlib
 import logging
 import math
+import re
 import shlex
 import sys
 import warnings
@@ -29,6 +30,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 __all__ = [
+    "DTYPE_CHOICES",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_PARTIAL",
@@ -38,6 +40,7 @@ __all__ = [
     "UsageError",
     "add_quiet_option",
     "deprecated_alias",
+    "device_name",
     "exit_status",
     "finite_float",
     "non_negative_int",
@@ -52,6 +55,11 @@ EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+DTYPE_CHOICES = ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16")
+"""``--dtype`` choices: the names `vl_core.devices.resolve_dtype` accepts (a torch-free copy)."""
+
+_DEVICE = re.compile(r"auto|cpu|mps|(?:cuda|xpu)(?::\d+)?")
 
 
 class UsageError(Exception):
@@ -119,6 +127,17 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (also ``xpu[:N]``).
+
+    Raises ``argparse.ArgumentTypeError`` otherwise (whether the device exists is checked when
+    the model is placed on it).
+    """
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, mps, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def probability(text: str) -> float:
@@ -264,7 +283,8 @@ def run_command(
         print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        words = [prog, *(sys.argv[1:] if argv is None else argv)]
+        # a prog with its sub-command ("egtr train") is two words of the command line
+        words = [*prog.split(), *(sys.argv[1:] if argv is None else argv)]
         if resumable:
             note = f"resume with: {shlex.join(words)}"
         else:
