@@ -51,12 +51,12 @@ def test_flip_maps_x_to_width_minus_x() -> None:
 
 def test_stage_b_training_keeps_boxes_on_their_objects() -> None:
     image, box = _scene()
-    default = build_transforms("train", "B")
+    default = build_transforms("train", "egtr")
     assert not default.drop_empty
     resize = [t for t in default.transform.transforms if isinstance(t, v2.RandomShortestSize)]
     assert tuple(range(480, 801, 32)) == TRAIN_SCALES
     assert [(list(r.min_size), r.max_size) for r in resize] == [(list(TRAIN_SCALES), 1333)]
-    transform = build_transforms("train", "B", scales=(96, 128, 160), max_size=200)
+    transform = build_transforms("train", "egtr", scales=(96, 128, 160), max_size=200)
     torch.manual_seed(1)
     flipped = 0
     for _ in range(10):
@@ -84,7 +84,7 @@ def test_test_transform_matches_the_predictor_preprocessing() -> None:
 
 def test_stage_a_crops_drop_boxes_and_remap_relations(tmp_path: Path) -> None:
     root = write_tiny_vg(tmp_path)
-    data = VisualGenomeDataset(root, "train", stage="A")
+    data = VisualGenomeDataset(root, "train", stage="detector")
     assert data.transforms.drop_empty
     record = data.records[0]
     original = {
@@ -113,7 +113,7 @@ def test_stage_a_crops_drop_boxes_and_remap_relations(tmp_path: Path) -> None:
 
 def test_stage_b_never_drops_boxes(tmp_path: Path) -> None:
     root = write_tiny_vg(tmp_path)
-    data = VisualGenomeDataset(root, "train", stage="B")
+    data = VisualGenomeDataset(root, "train", stage="egtr")
     torch.manual_seed(0)
     for _ in range(4):
         _, target = data[0]
@@ -131,6 +131,15 @@ def test_remap_relations_by_hand() -> None:
 def test_unknown_stage() -> None:
     with pytest.raises(ValueError, match="stage"):
         build_transforms("train", "C")  # type: ignore[arg-type]
+
+
+def test_stage_aliases_name_the_same_transforms() -> None:
+    """One spelling of the stage ("detector"/"egtr"); "A"/"B" are accepted on input."""
+    for alias, stage in (("A", "detector"), ("B", "egtr")):
+        aliased = build_transforms("train", alias)  # type: ignore[arg-type]
+        assert aliased.drop_empty == build_transforms("train", stage).drop_empty
+    assert build_transforms("train", "detector").drop_empty
+    assert not build_transforms("train", "egtr").drop_empty
 
 
 def test_collate_pads_bottom_right_with_a_mask() -> None:
@@ -175,7 +184,8 @@ def test_apply_reports_the_flip_it_made() -> None:
     )
     assert not never.apply(image, box).flipped
     assert torch.equal(never(image, box)[1], box.float())
-    assert build_transforms("train", "B").hflip == build_transforms("train", "A").hflip == 0.5
+    assert build_transforms("train", "egtr").hflip == build_transforms("train", "detector").hflip
+    assert build_transforms("train", "egtr").hflip == 0.5
     assert build_transforms("test").hflip == 0.0
     with pytest.raises(ValueError, match="hflip must be a probability"):
         SceneGraphTransform(v2.Identity(), hflip=1.5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -14,15 +13,23 @@ from egtr import EGTRPredictor
 from egtr.data import VisualGenomeDataset, predicate_statistics
 from egtr.evaluation import GroundTruth, PredictedTriplets, SGGEvaluator
 from egtr.evaluation.cli import add_eval_parser
+from vl_core.cli import Parser
 
 pytest.importorskip("pycocotools")
 
 
 def _eval(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="egtr")
+    parser = Parser(prog="egtr")
     add_eval_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", *argv])
     return int(args.func(args))
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("egtr eval: error: "), err
+    assert err.count("\n") == 1, err
+    return err
 
 
 def _vg_with_model_relations(root: Path, predictor: EGTRPredictor) -> dict[int, Any]:
@@ -118,7 +125,7 @@ def test_eval_vg_end_to_end(
     assert [line["image_id"] for line in lines] == [31, 32, 33]
     first, graph = lines[0], graphs[31]
     assert first["file_name"] == "31.jpg"
-    assert first["orig_size"] == [60, 80]
+    assert first["image_size"] == [80, 60]  # (width, height), as SceneGraph.image_size
     assert [t[:3] for t in first["triplets"]] == [
         [graph.objects[r.subject].query, graph.objects[r.object].query, r.predicate]
         for r in graph.relations
@@ -204,12 +211,13 @@ def test_eval_reports_mismatches_and_missing_data(
     rel["rel_categories"].append("beside")
     (root / "rel.json").write_text(json.dumps(rel))
     args = ["--model", str(tiny_model_dir), "--device", "cpu", "--quiet", "--out", str(tmp_path)]
-    assert _eval([*args, "--data", str(root)]) == 1
-    assert "5 predicates but the model 3 / 4" in capsys.readouterr().err
-    assert _eval([*args, "--data", str(tmp_path / "nothing")]) == 1
-    assert "neither a Visual Genome folder" in capsys.readouterr().err
-    assert _eval(["--model", str(tmp_path), "--data", str(root), "--quiet"]) == 1
-    assert "not an EGTR model directory" in capsys.readouterr().err
+    assert _eval([*args, "--data", str(root)]) == 2
+    assert "5 predicates but the model 3 / 4" in _one_line_error(capsys)
+    assert _eval([*args, "--data", str(tmp_path / "nothing")]) == 2
+    assert "neither a Visual Genome folder" in _one_line_error(capsys)
+    assert _eval(["--model", str(tmp_path), "--data", str(root), "--quiet"]) == 2
+    assert "not an EGTR model directory" in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vg"]  # nothing written
 
 
 def test_fps_defaults_to_the_paper_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,3 +247,159 @@ def test_cli_module_is_light_and_exports_resolve() -> None:
     for module in (egtr.data, egtr.evaluation):
         for name in module.__all__:
             assert getattr(module, name) is not None
+
+
+def _broken_copy(model_dir: Path, target: Path, missing: str) -> Path:
+    """A copy of a model directory whose weights file lacks the tensor ``missing``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, target)
+    state = load_file(target / "model.safetensors")
+    del state[missing]
+    save_file(state, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def test_eval_opens_the_model_strictly(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model directory with a deleted weight is refused in one line (exit 2) as by
+    ``egtr predict``; it used to be evaluated with that weight randomly initialised."""
+    root = write_tiny_vg(tmp_path / "vg")
+    broken = _broken_copy(tiny_model_dir, tmp_path / "broken", "class_embed.bias")
+    out = tmp_path / "out"
+    argv = ["--model", str(broken), "--data", str(root), "--out", str(out), "--device", "cpu"]
+    assert _eval([*argv, "--quiet"]) == 2
+    assert "missing 1: class_embed.bias" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_eval_validates_arguments_first(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--model", str(tiny_model_dir), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    for flag, value in (
+        ("--batch-size", "0"),
+        ("--workers", "-1"),
+        ("--top-k", "0"),
+        ("--tau", "nan"),
+        ("--device", "gpu"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            _eval([*argv, flag, value])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("egtr eval: error: argument "), err
+        assert flag in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_quiet_prints_nothing_but_results(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_tiny_vg(tmp_path / "vg")
+    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--device", "cpu"]
+    assert _eval([*argv, "--out", str(tmp_path / "a"), "--quiet", "--no-detection-ap"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == ""
+    assert json.loads(quiet.out)["images"] == 3
+    # the deprecated spellings still work, with one warning line each
+    old = ["--num-workers", "0", "--image-dir", str(root / "images"), "--no-detection-ap"]
+    assert _eval([*argv, "--out", str(tmp_path / "b"), "--quiet", *old]) == 0
+    err = capsys.readouterr().err
+    assert "--num-workers is deprecated" in err
+    assert "--image-dir is deprecated" in err
+    assert "use --images-root" in err
+
+
+def test_eval_output_folder_rules(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Never write over a result the command did not write, or one of other settings, unless
+    --overwrite; a rerun of the same settings replaces its own result."""
+    root = write_tiny_vg(tmp_path / "vg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.json").write_text('{"mine": true}\n')
+    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--out", str(out)]
+    argv += ["--device", "cpu", "--quiet", "--no-detection-ap"]
+    assert _eval(argv) == 2
+    assert "not written by egtr eval" in _one_line_error(capsys)
+    assert json.loads((out / "result.json").read_text()) == {"mine": True}
+    assert not (out / "predictions.jsonl").exists()
+
+    assert _eval([*argv, "--overwrite"]) == 0
+    first = json.loads((out / "result.json").read_text())
+    assert first["images"] == 3
+    assert (out / "run.json").is_file()
+    capsys.readouterr()
+    assert _eval(argv) == 0  # the same inputs and settings: replaced
+    capsys.readouterr()
+    assert _eval([*argv, "--top-k", "5"]) == 2
+    assert "settings.top_k: 100 -> 5" in _one_line_error(capsys)
+    assert json.loads((out / "result.json").read_text())["settings"]["top_k"] == 100
+    assert _eval([*argv, "--top-k", "5", "--no-predictions", "--overwrite"]) == 0
+    assert json.loads((out / "result.json").read_text())["settings"]["top_k"] == 5
+    assert not (out / "predictions.jsonl").exists()  # not left from the other settings
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_unreadable_image_is_an_error_row(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad image becomes an error row naming it; the run carries on and exits with 1."""
+    root = write_tiny_vg(tmp_path / "vg")
+    (root / "images" / "32.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--out", str(out)]
+    argv += ["--device", "cpu", "--quiet", "--no-detection-ap", "--batch-size", "2"]
+    assert _eval(argv) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["images"] == 2
+    assert (
+        captured.err
+        == "egtr eval: 1 image(s) could not be read (error rows, left out of the metrics)\n"
+    )
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["image_id"] for row in rows] == [31, 32, 33]
+    assert rows[1]["file_name"] == "32.png"
+    assert "32.png" in rows[1]["error"]
+    assert "error" not in rows[0]
+    result = json.loads((out / "result.json").read_text())
+    assert (result["images"], result["errors"]) == (2, 1)
+    assert result["failed"] == [rows[1]]
+
+
+def test_interrupted_eval_leaves_no_half_file(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from egtr.evaluation import runner
+
+    root = write_tiny_vg(tmp_path / "vg")
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--out", str(out)]
+    argv += ["--device", "cpu", "--quiet", "--no-detection-ap"]
+    calls = []
+    real = runner.boxes_to_pixels
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "boxes_to_pixels", interrupted)
+    assert _eval(argv) == 130
+    err = capsys.readouterr().err
+    assert "egtr eval: interrupted" in err
+    assert "run again with: egtr eval --model" in err
+    assert not (out / "predictions.jsonl").exists()
+    assert not (out / "result.json").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(runner, "boxes_to_pixels", real)
+    assert _eval(argv) == 0  # the same command runs again

@@ -11,6 +11,7 @@ from egtr_testing import tiny_config
 
 from egtr import EGTRForSceneGraphGeneration
 from egtr.training import (
+    ConfigError,
     PhaseSchedule,
     build_optimizer,
     default_config,
@@ -199,17 +200,67 @@ def test_set_below_a_mapping_changes_one_entry() -> None:
         [
             "model.overrides.num_queries=7",
             "model.overrides.backbone_config.depths=[2, 2]",
-            "model.overrides.new_key.inner=1",
         ],
     )
     assert config.model.overrides == {
         "num_queries": 7,
         "d_model": 96,
         "backbone_config": {"depths": [2, 2], "layer_type": "basic"},
-        "new_key": {"inner": 1},
     }
+    created = load_config(  # a missing level is created
+        {"model": {"overrides": {"num_queries": 20}}},
+        ["model.overrides.backbone_config.depths=[2, 2]"],
+    )
+    assert created.model.overrides == {"num_queries": 20, "backbone_config": {"depths": [2, 2]}}
     assert source["model"]["overrides"]["num_queries"] == 20  # the caller's dict is untouched
     replaced = load_config(source, ["model.overrides={num_queries: 5}"])  # a whole mapping
     assert replaced.model.overrides == {"num_queries": 5}
     with pytest.raises(ValueError, match=r"unknown configuration key 'model\.overide'"):
         load_config(source, ["model.overide.x=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "unknown", "suggestion"),
+    [
+        ("model.overrides.num_querys=50", "model.overrides.num_querys", "num_queries"),
+        (
+            "model.overrides.backbone_config={model_type: resnet, depth: [1, 1]}",
+            "model.overrides.backbone_config.depth",
+            "model.overrides.backbone_config.depths",
+        ),
+        ("train.lrr=1", "train.lrr", "train.lr"),
+    ],
+)
+def test_unknown_keys_are_refused_with_the_closest_key(
+    override: str, unknown: str, suggestion: str
+) -> None:
+    """A misspelt key is an error naming it and the close match, not silently the default
+    (``model.overrides.num_querys=50`` used to train with 200 queries)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config("vg_egtr", [override])
+    message = str(caught.value)
+    assert f"unknown configuration key {unknown!r}" in message
+    assert "did you mean" in message
+    assert suggestion in message
+    assert "\n" not in message
+    valid = load_config("vg_egtr", ["model.overrides.num_queries=50"])
+    assert valid.model.overrides == {"num_queries": 50}
+
+
+def test_syntax_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("stage: egtr\ntrain:\n  lr: 1e-5\n epochs: 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad_yaml)
+    assert str(caught.value).startswith(f"{bad_yaml}, line 4, column 2: invalid YAML")
+    assert "\n" not in str(caught.value)
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"stage": "egtr",\n "train": {lr: 1}}')
+    with pytest.raises(ConfigError, match=r"bad\.json, line 2, column 12: invalid JSON"):
+        load_config(bad_json)
+    with pytest.raises(ConfigError, match=r"--set train\.epochs=\[1: the value is not valid YAML"):
+        load_config("vg_egtr", ["train.epochs=[1"])
+    wrong_key = tmp_path / "key.yaml"
+    wrong_key.write_text("train: {epoch: 3}\n")
+    with pytest.raises(ConfigError, match=r"key\.yaml: unknown configuration key 'train\.epoch'"):
+        load_config(wrong_key)

@@ -3,6 +3,7 @@ across an epoch end and the continuation phase, checkpoint format."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,57 @@ def test_checkpoint_contents_and_refusals(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(Exception):  # noqa: B017, PT011 - any unpickling error
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path: Path) -> None:
+    """An interrupted run may have logged steps after its last checkpoint (and a torn line):
+    the resumed run computes them again, so they are dropped instead of doubled."""
+    data = SyntheticSceneGraphs(4)
+    Trainer(_resume_config(max_steps=1), _model(), data, collate, tmp_path, device="cpu").fit()
+    log = tmp_path / "metrics.jsonl"
+    with log.open("a") as handle:
+        handle.write(json.dumps({"event": "train", "step": 2, "loss": -1.0}) + "\n")
+        handle.write('{"event": "train", "st')
+    resumed = Trainer(_resume_config(max_steps=2), _model(), data, collate, tmp_path, device="cpu")
+    resumed.fit(resume=True)
+    records = _train_records(tmp_path)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[1]["loss"] > 0
+
+
+def test_model_directories_and_checkpoints_are_replaced_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while saving leaves the previous best/ and last.pt intact, and no temporary
+    files behind."""
+    data, val = SyntheticSceneGraphs(2), SyntheticSceneGraphs(2, seed=1)
+    trainer = Trainer(
+        _resume_config(), _model(), data, collate, tmp_path, val_dataset=val, device="cpu"
+    )
+    trainer.fit()
+    best = tmp_path / "best"
+    weights = (best / "model.safetensors").read_bytes()
+    checkpoint = trainer.checkpoint_path.read_bytes()
+
+    def broken_save(self: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        (Path(path) / "model.safetensors").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(EGTRForSceneGraphGeneration, "save_pretrained", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer._save_best({"event": "val", "loss": 0.0})
+    assert (best / "model.safetensors").read_bytes() == weights
+    assert json.loads((best / "best.json").read_text())["event"] == "val"
+
+    def broken_torch_save(obj: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_torch_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint()
+    assert trainer.checkpoint_path.read_bytes() == checkpoint
+    assert list(tmp_path.rglob(".*")) == []  # no temporary files left
 
 
 @pytest.mark.gpu

@@ -124,7 +124,7 @@ def ddp_worker(rank: int, world_size: int, port: int, out: str, config: dict[str
 
     from egtr import EGTRForSceneGraphGeneration
     from egtr.training import Trainer, load_config
-    from egtr.training.distributed import teardown
+    from vl_core.distributed import teardown_process_group
 
     torch.manual_seed(rank)  # different initialisations: DDP must broadcast rank 0's
     model = EGTRForSceneGraphGeneration(tiny_config(dropout=0.0))
@@ -134,4 +134,4 @@ def ddp_worker(rank: int, world_size: int, port: int, out: str, config: dict[str
         trainer.fit()
         torch.save(trainer.module.state_dict(), f"{out}/rank{rank}.pt")
     finally:
-        teardown()
+        teardown_process_group()

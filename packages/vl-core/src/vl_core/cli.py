@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import functools
 import importlib
+import importlib.util
 import logging
 import math
 import re
@@ -214,9 +215,11 @@ def quiet_libraries(enabled: bool = True) -> Iterator[None]:
         level = logger.level
         logger.setLevel(logging.ERROR)
         restore.append(functools.partial(logger.setLevel, level))
-    if "transformers" in sys.modules:
+    # import the libraries' switches now (not torch), so that a model loaded inside the block is
+    # silenced too, not only libraries that happened to be imported already
+    if importlib.util.find_spec("transformers") is not None:
         _silence_transformers(restore)
-    hub = sys.modules.get("huggingface_hub.utils")
+    hub = _optional_module("huggingface_hub.utils")
     if hub is not None and hasattr(hub, "disable_progress_bars"):
         hub.disable_progress_bars()
         restore.append(hub.enable_progress_bars)
@@ -227,6 +230,13 @@ def quiet_libraries(enabled: bool = True) -> Iterator[None]:
     finally:
         for undo in reversed(restore):
             undo()
+
+
+def _optional_module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def _silence_transformers(restore: list[Callable[[], None]]) -> None:

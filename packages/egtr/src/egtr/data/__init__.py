@@ -21,9 +21,9 @@ Each data set item is ``(image, target)``:
 ``collate(batch) -> (pixel_values [B, 3, Hmax, Wmax], pixel_mask LongTensor [B, Hmax, Wmax],
 list[target])``: images padded bottom/right with zeros, ``pixel_mask`` 1 on real pixels.
 
-Boxes are never dropped except by the detector stage's random crop (stage ``"A"``), which removes
-boxes cropped to nothing together with the relations that use them and renumbers the rest, so
-relation indices are valid after every transform.
+Boxes are never dropped except by the detector stage's random crop (stage ``"detector"``), which
+removes boxes cropped to nothing together with the relations that use them and renumbers the
+rest, so relation indices are valid after every transform.
 """
 
 from __future__ import annotations
@@ -32,16 +32,18 @@ from egtr.data.base import AnnotationError, SceneGraphDataset, SceneGraphRecord,
 from egtr.data.collate import collate
 from egtr.data.openimages import OpenImagesDataset
 from egtr.data.statistics import PredicateStatistics, predicate_statistics
-from egtr.data.transforms import SceneGraphTransform, build_transforms
+from egtr.data.transforms import TRAIN_SCALES, SceneGraphTransform, Stage, build_transforms
 from egtr.data.vg import VisualGenomeDataset
 
 __all__ = [
+    "TRAIN_SCALES",
     "AnnotationError",
     "OpenImagesDataset",
     "PredicateStatistics",
     "SceneGraphDataset",
     "SceneGraphRecord",
     "SceneGraphTransform",
+    "Stage",
     "Target",
     "VisualGenomeDataset",
     "build_transforms",

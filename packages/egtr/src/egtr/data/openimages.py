@@ -44,7 +44,7 @@ class OpenImagesDataset(SceneGraphDataset):
         root: str | os.PathLike[str],
         split: str = "train",
         *,
-        stage: Stage = "B",
+        stage: Stage = "egtr",
         transforms: SceneGraphTransform | None = None,
         image_dir: str | os.PathLike[str] | None = None,
         train_rules: bool | None = None,

@@ -2,11 +2,11 @@
 
 - Evaluation (``val``/``test``): resize so the shorter side is 800 and the longer at most 1333
   (exactly :func:`egtr.preprocessing.resized_size`, as :class:`~egtr.EGTRPredictor`), normalise.
-- Training, stage ``"B"`` (EGTR): horizontal flip + multi-scale resize (shorter side 480..800 step
+- Training, stage ``"egtr"`` (stage B): horizontal flip + multi-scale resize (shorter side 480..800 step
   32, longer at most 1333). No crop, so no box is ever dropped and relation indices stay valid.
   The flip is done by :class:`SceneGraphTransform` itself (``hflip``), which reports it, so a
   data set can swap mirrored predicates ("left of" / "right of", see ``flip_predicates``).
-- Training, stage ``"A"`` (detector pre-training): DETR's augmentation — flip, then either the
+- Training, stage ``"detector"`` (stage A, detector pre-training): DETR's augmentation — flip, then either the
   multi-scale resize or resize to 400/500/600 + a random 384..600 crop + the multi-scale resize.
   Boxes cropped to nothing are dropped (with their relations, see :mod:`egtr.data`).
 """
@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torchvision.transforms.v2 as v2
@@ -23,12 +23,21 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 
+from egtr._recipe import TRAIN_SCALES, Stage, normalise_stage
 from egtr.preprocessing import IMAGENET_MEAN, IMAGENET_STD, resized_size
 
-Stage = Literal["A", "B", "detector", "egtr"]
-TRAIN_SCALES: tuple[int, ...] = tuple(range(480, 801, 32))
+__all__ = [
+    "CROP_PRE_SCALES",
+    "TRAIN_SCALES",
+    "RandomSizeCrop",
+    "ResizeShorterSide",
+    "SceneGraphTransform",
+    "Stage",
+    "Transformed",
+    "build_transforms",
+]
+
 CROP_PRE_SCALES: tuple[int, ...] = (400, 500, 600)
-_STAGES = {"A": "A", "detector": "A", "B": "B", "egtr": "B"}
 
 
 class Transformed(NamedTuple):
@@ -45,7 +54,7 @@ class SceneGraphTransform:
     new pixels [M, 4], keep mask [M])``.
 
     ``transform`` is the ``torchvision.transforms.v2`` pipeline (image + ``BoundingBoxes``);
-    ``keep`` is all true unless ``drop_empty`` (stage A crops), where it marks non-empty boxes.
+    ``keep`` is all true unless ``drop_empty`` (stage ``"detector"`` crops), where it marks non-empty boxes.
     ``hflip`` is the probability of a horizontal flip done *before* ``transform``, drawn from
     torch's global generator; :meth:`apply` says whether it happened (a flip inside
     ``transform`` is not reported).
@@ -128,7 +137,7 @@ class RandomSizeCrop(v2.Transform):  # type: ignore[misc]
 
 def build_transforms(
     split: str,
-    stage: Stage = "B",
+    stage: Stage = "egtr",
     *,
     scales: Sequence[int] = TRAIN_SCALES,
     max_size: int = 1333,
@@ -137,15 +146,18 @@ def build_transforms(
     std: Sequence[float] = IMAGENET_STD,
 ) -> SceneGraphTransform:
     """The transforms of ``split`` (``"train"`` random, anything else deterministic) and ``stage``
-    (``"A"``/``"detector"``: with crops; ``"B"``/``"egtr"``: never dropping a box)."""
-    if stage not in _STAGES:
-        raise ValueError(f"stage must be one of {sorted(_STAGES)}, got {stage!r}")
+    (``"detector"``: with crops; ``"egtr"``: never dropping a box; ``"A"``/``"B"`` are accepted
+    as aliases).
+
+    Returns a :class:`SceneGraphTransform`; raises ``ValueError`` for an unknown stage.
+    """
+    stage = normalise_stage(stage)
     normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if split != "train":
         steps: list[v2.Transform] = [ResizeShorterSide(test_size, max_size)]
         return SceneGraphTransform(v2.Compose([*steps, *normalise]))
     multi_scale = v2.RandomShortestSize(list(scales), max_size=max_size, antialias=True)
-    if _STAGES[stage] == "B":
+    if stage == "egtr":
         return SceneGraphTransform(v2.Compose([multi_scale, *normalise]), hflip=0.5)
     crop_branch = v2.Compose(
         [

@@ -45,7 +45,7 @@ class VisualGenomeDataset(SceneGraphDataset):
         root: str | os.PathLike[str],
         split: str = "train",
         *,
-        stage: Stage = "B",
+        stage: Stage = "egtr",
         transforms: SceneGraphTransform | None = None,
         image_dir: str | os.PathLike[str] | None = None,
         flip_predicates: Sequence[Sequence[str]] = (),

@@ -1,6 +1,10 @@
 """The ``egtr eval`` sub-command (wired into ``egtr.cli`` with :func:`add_eval_parser`).
 
 Kept import-light: torch and the data/evaluation modules load only when the command runs.
+The shared command-line rules (``vl_core.cli``): exit status 0 when every image was evaluated,
+1 when some images could not be read (error rows; the metrics cover the others), 2 for a usage
+error (one line ``egtr eval: error: ...``; a traceback only with ``--debug``), 130 when
+interrupted (the command to run again is printed; nothing half-written is left).
 """
 
 from __future__ import annotations
@@ -10,6 +14,21 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from vl_core.cli import (
+    DTYPE_CHOICES,
+    add_quiet_option,
+    deprecated_alias,
+    device_name,
+    exit_status,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    quiet_libraries,
+    run_command,
+)
+
+PROG = "egtr eval"
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -33,20 +52,40 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=("auto", "vg", "oi"), default="auto")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--out", help="output folder (default MODEL/eval-SPLIT)")
-    parser.add_argument("--image-dir", help="image folder (default DATA/images)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs in OUT even when they come from other inputs or settings",
+    )
+    parser.add_argument(
+        "--images-root", dest="image_dir", help="image folder (default DATA/images)"
+    )
+    deprecated_alias(parser, "--image-dir", "--images-root", dest="image_dir")
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=1,
         help="padding changes outputs slightly; 1 is exact (default)",
     )
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", help="float32 (default), bf16, fp16, auto")
-    parser.add_argument("--limit", type=int, help="only the first N images of the split")
-    parser.add_argument("--min-size", type=int, help="shorter side (default: model config, 800)")
-    parser.add_argument("--max-size", type=int, help="longer side cap (default: config, 1333)")
-    parser.add_argument("--top-k", type=int, default=100, help="triplets kept per image")
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)"
+    )
+    deprecated_alias(parser, "--num-workers", "--workers", dest="workers", type=non_negative_int)
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda[:N]")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="float32",
+        help="float32 (default), bf16, fp16, auto",
+    )
+    parser.add_argument("--limit", type=positive_int, help="only the first N images of the split")
+    parser.add_argument(
+        "--min-size", type=positive_int, help="shorter side (default: model config, 800)"
+    )
+    parser.add_argument(
+        "--max-size", type=positive_int, help="longer side cap (default: config, 1333)"
+    )
+    parser.add_argument("--top-k", type=positive_int, default=100, help="triplets kept per image")
     parser.add_argument(
         "--object-score",
         choices=("softmax", "sigmoid"),
@@ -58,7 +97,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="post-hoc logits -= tau * log(rel_dist)",
     )
-    parser.add_argument("--tau", type=float, help="logit adjustment tau (default: config, 0.3)")
+    parser.add_argument(
+        "--tau", type=finite_float, help="logit adjustment tau (default: config, 0.3)"
+    )
     parser.add_argument(
         "--no-detection-ap", action="store_true", help="skip COCO AP (no pycocotools needed)"
     )
@@ -69,17 +110,78 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--train-split", default="train", help="split of the seen triplets")
     parser.add_argument("--no-predictions", action="store_true", help="no predictions.jsonl")
+    parser.add_argument(
+        "--oi-ap-overlap",
+        choices=("reference", "consistent"),
+        default="reference",
+        help="Open Images wmAP box overlap: the reference protocol's (default) or the +1-pixel IoU",
+    )
     parser.add_argument("--fps", action="store_true", help="measure throughput instead")
-    parser.add_argument("--warmup", type=int, default=10, help="--fps: untimed first images")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run_eval_command)
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=10, help="--fps: untimed first images"
+    )
+    add_quiet_option(parser)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.set_defaults(func=run_eval_command, eval_parser=parser)
     return parser
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    """Run ``egtr eval`` from parsed arguments; prints the headline metrics as JSON."""
+    """Run ``egtr eval`` from parsed arguments; prints the headline metrics as JSON.
+
+    Returns the exit status: 0 all images evaluated, 1 some could not be read (error rows), 2 a
+    usage error, 130 interrupted.
+    """
+    parser = getattr(args, "eval_parser", None)
+    return run_command(
+        PROG,
+        lambda: _run_eval(args),
+        argv=command_arguments(parser, args) if parser is not None else None,
+        user_errors=_user_errors(),
+        debug=bool(getattr(args, "debug", False)),
+        resumable=False,
+    )
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the inputs and outputs that are the user's to fix (imported lazily)."""
+    from egtr.builders import ModelDirectoryError
+    from egtr.data.base import AnnotationError
+    from egtr.evaluation.runner import EvalInputError
+    from vl_core.files import ResultsFileError
+
+    return (
+        FileNotFoundError,
+        ModelDirectoryError,
+        AnnotationError,
+        EvalInputError,
+        ResultsFileError,
+    )
+
+
+def command_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The ``egtr eval`` arguments that run ``args`` again (options that differ from their
+    defaults, in canonical spelling)."""
+    words: list[str] = []
+    for action in parser._actions:  # the parser's own option table
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if action.dest in ("help", "eval_parser", "func") or not hasattr(args, action.dest):
+            continue
+        value = getattr(args, action.dest)
+        if value is None or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if action.nargs == 0:
+            words.append(flag)
+        else:
+            words += [flag, str(value)]
+    return words
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import egtr.modeling  # noqa: F401 - transformers, loaded before its chatter is silenced
     from egtr.evaluation.runner import EvalOptions, evaluate, json_safe, measure_fps
-    from vl_core.images import ImageLoadError
 
     options = EvalOptions(
         model=Path(args.model),
@@ -89,7 +191,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         out=Path(args.out) if args.out else None,
         image_dir=Path(args.image_dir) if args.image_dir else None,
         batch_size=args.batch_size,
-        num_workers=args.num_workers,
+        num_workers=args.workers,
         device=args.device,
         dtype=args.dtype,
         limit=args.limit,
@@ -104,8 +206,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
         train_split=args.train_split,
         write_predictions=not args.no_predictions,
         progress=not args.quiet,
+        oi_ap_overlap=args.oi_ap_overlap,
+        overwrite=args.overwrite,
     )
-    try:
+    with quiet_libraries(args.quiet):
         if args.fps:
             result = measure_fps(
                 options,
@@ -114,13 +218,14 @@ def run_eval_command(args: argparse.Namespace) -> int:
                 max_size=args.max_size or 1000,
             )
             print(json.dumps(json_safe(result), indent=2))
-            return 0
-        result = evaluate(options)
-    except (FileNotFoundError, ImportError, ValueError, ImageLoadError) as exc:
-        print(f"egtr eval: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(json_safe(_headline(result)), indent=2))
-    return 0
+        else:
+            result = evaluate(options)
+            print(json.dumps(json_safe(_headline(result)), indent=2))
+    errors = int(result.get("errors", 0))
+    if errors:
+        what = "skipped" if args.fps else "error rows, left out of the metrics"
+        print(f"{PROG}: {errors} image(s) could not be read ({what})", file=sys.stderr)
+    return exit_status(errors)
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:

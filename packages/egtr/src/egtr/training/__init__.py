@@ -1,7 +1,7 @@
 """Training EGTR: matching, losses, configuration, optimiser groups and the (distributed) loop.
 
 Stage A pre-trains the detector (``stage: detector``), stage B trains EGTR from it
-(``stage: egtr``); see ``docs/egtr-training.md`` and ``egtr train --help``. Names are imported
+(``stage: egtr``; one type, :data:`Stage`); see ``docs/egtr-training.md`` and ``egtr train --help``. Names are imported
 lazily so that ``egtr --help`` (which registers ``egtr.training.cli``) stays fast.
 """
 
@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
+    "ConfigError": "egtr.training.config",
     "CriterionOutput": "egtr.training.losses",
     "DataConfig": "egtr.training.config",
     "FitResult": "egtr.training.trainer",
@@ -23,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "PhaseSchedule": "egtr.training.optim",
     "RelationSampling": "egtr.training.losses",
     "SceneGraphCriterion": "egtr.training.losses",
+    "Stage": "egtr.training.config",
     "TrainConfig": "egtr.training.config",
     "Trainer": "egtr.training.trainer",
     "TrainingConfig": "egtr.training.config",
@@ -43,6 +45,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "ConfigError",
     "CriterionOutput",
     "DataConfig",
     "FitResult",
@@ -55,6 +58,7 @@ __all__ = [
     "PhaseSchedule",
     "RelationSampling",
     "SceneGraphCriterion",
+    "Stage",
     "TrainConfig",
     "Trainer",
     "TrainingConfig",
@@ -76,10 +80,12 @@ __all__ = [
 
 if TYPE_CHECKING:
     from egtr.training.config import (
+        ConfigError,
         DataConfig,
         LossConfig,
         MatcherConfig,
         ModelConfig,
+        Stage,
         TrainConfig,
         TrainingConfig,
         default_config,

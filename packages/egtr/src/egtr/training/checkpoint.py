@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from vl_core.files import atomic_save
 
 FORMAT = "egtr-train/1"
 
@@ -62,22 +63,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``state`` atomically (temporary file + rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` atomically (``vl_core.files.atomic_save``: temporary file, fsync, rename),
+    so a crash never leaves half a file. Returns the path; raises ``OSError``."""
+    payload = {"format": FORMAT, **state}
+    return atomic_save(path, lambda temporary: torch.save(payload, temporary))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (weights-only unpickling, on the CPU)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (weights-only unpickling, on the CPU).
+
+    Returns the state dict; raises ``ValueError`` when the file is not such a checkpoint, and
+    whatever ``torch.load(weights_only=True)`` raises for an unreadable or unsafe file.
+    """
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an egtr training checkpoint ({FORMAT})")

@@ -1,29 +1,60 @@
 """Training configuration as data: dataclasses with the paper's hyper-parameters as defaults.
 
 :func:`default_config` gives the defaults of a data set (``"vg"``/``"oi"``) and stage
-(``"detector"`` = stage A, detector pre-training; ``"egtr"`` = stage B). :func:`load_config` reads a
-YAML or JSON file on top of those defaults (the file's ``stage`` and ``data.dataset`` pick them) and
-applies ``section.key=value`` overrides. The shipped files under ``configs/`` spell every value out.
+(``"detector"`` = stage A, detector pre-training; ``"egtr"`` = stage B; ``"A"``/``"B"`` are
+accepted as aliases). :func:`load_config` reads a YAML or JSON file on top of those defaults (the
+file's ``stage`` and ``data.dataset`` pick them) and applies ``section.key=value`` overrides. The
+shipped files under ``configs/`` spell every value out.
+
+Every mistake is a `ConfigError` (a ``ValueError``) whose message names the file and line (syntax
+errors), or the key (unknown keys, with the closest known key as a suggestion, and wrong types).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-STAGES = ("detector", "egtr")
-STAGE_ALIASES = {"A": "detector", "a": "detector", "B": "egtr", "b": "egtr"}
+from egtr._recipe import STAGE_ALIASES, STAGES, TRAIN_SCALES, Stage, normalise_stage
+
+__all__ = [
+    "AMP_MODES",
+    "DATASETS",
+    "STAGES",
+    "STAGE_ALIASES",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "MatcherConfig",
+    "ModelConfig",
+    "Stage",
+    "TrainConfig",
+    "TrainingConfig",
+    "check_model_overrides",
+    "default_config",
+    "load_config",
+    "normalise_stage",
+    "save_config",
+    "shipped_configs",
+]
+
 DATASETS = ("vg", "oi")
 AMP_MODES = ("fp32", "bf16", "fp16", "auto")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 _T = TypeVar("_T")
+
+
+class ConfigError(ValueError):
+    """A training configuration mistake; the message names the file and line, or the key."""
 
 
 @dataclass
@@ -35,7 +66,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str | None = "val"  # null: no validation (no best-checkpoint selection)
     num_workers: int = 4
-    train_scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
+    train_scales: list[int] = field(default_factory=lambda: list(TRAIN_SCALES))
     max_size: int = 1333  # longer side limit of every resize
     test_size: int = 800  # shorter side at validation
     max_boxes: int = 200  # Open Images training: images with more boxes are dropped
@@ -125,7 +156,7 @@ class TrainConfig:
 class TrainingConfig:
     """Everything ``egtr train`` needs besides the output directory."""
 
-    stage: str = "egtr"  # "detector" (stage A) or "egtr" (stage B)
+    stage: Stage = "egtr"  # "detector" (stage A) or "egtr" (stage B)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
@@ -133,24 +164,31 @@ class TrainingConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` on inconsistent values."""
+        """Check that the values fit together; returns nothing.
+
+        Raises `ConfigError` (a ``ValueError``) naming the first wrong key, including an unknown
+        ``model.overrides`` key (see :func:`check_model_overrides`).
+        """
         if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.data.dataset not in DATASETS:
-            raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.data.dataset!r}")
+            raise ConfigError(f"data.dataset must be one of {DATASETS}, got {self.data.dataset!r}")
         if self.train.amp not in AMP_MODES:
-            raise ValueError(f"train.amp must be one of {AMP_MODES}, got {self.train.amp!r}")
+            raise ConfigError(f"train.amp must be one of {AMP_MODES}, got {self.train.amp!r}")
         t = self.train
         for name in ("batch_size", "effective_batch", "validate_every", "log_every"):
             if getattr(t, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if self.data.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
         if t.effective_batch % t.batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"train.effective_batch ({t.effective_batch}) must be a multiple of "
                 f"train.batch_size ({t.batch_size})"
             )
         if len(t.betas) != 2:
-            raise ValueError(f"train.betas must hold two numbers, got {t.betas}")
+            raise ConfigError(f"train.betas must hold two numbers, got {t.betas}")
+        check_model_overrides(self.model.overrides)
 
     @property
     def preset(self) -> str:
@@ -164,24 +202,23 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
-def normalise_stage(stage: str) -> str:
-    """``"A"``/``"B"`` (any case) or the stage's name -> ``"detector"``/``"egtr"``."""
-    stage = STAGE_ALIASES.get(stage, stage)
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; use one of {STAGES} (or A/B)")
-    return stage
-
-
 def default_config(dataset: str = "vg", stage: str = "egtr") -> TrainingConfig:
-    """The paper's hyper-parameters for ``dataset`` (``"vg"``/``"oi"``) and ``stage``."""
-    stage = normalise_stage(stage)
+    """The paper's hyper-parameters for ``dataset`` (``"vg"``/``"oi"``) and ``stage``
+    (``"detector"``/``"egtr"``, or ``"A"``/``"B"``).
+
+    Returns a new `TrainingConfig`; raises `ConfigError` for an unknown data set or stage.
+    """
+    try:
+        canonical = normalise_stage(stage)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if dataset not in DATASETS:
-        raise ValueError(f"data.dataset must be one of {DATASETS}, got {dataset!r}")
-    config = TrainingConfig(stage=stage, data=DataConfig(dataset=dataset))
+        raise ConfigError(f"data.dataset must be one of {DATASETS}, got {dataset!r}")
+    config = TrainingConfig(stage=canonical, data=DataConfig(dataset=dataset))
     if dataset == "oi":
         config.loss.connectivity = 90.0
         config.loss.rel_nonmatching_largest = False
-    if stage == "detector":
+    if canonical == "detector":
         config.model.pretrained_backbone = True
         config.loss.auxiliary = True
         config.train.lr = 1e-4
@@ -201,31 +238,62 @@ def shipped_configs() -> dict[str, Path]:
 def load_config(
     source: str | os.PathLike[str] | dict[str, Any] | None = None,
     overrides: typing.Sequence[str] = (),
+    values: typing.Mapping[str, Any] | None = None,
 ) -> TrainingConfig:
     """Defaults + a YAML/JSON file (a path, a shipped config's name, or a dict) + overrides.
 
     ``overrides`` are ``"section.key=value"`` strings; values are parsed as YAML (``1e-5``,
-    ``true``, ``[480, 512]``, ``null``).
+    ``true``, ``[480, 512]``, ``null``). ``values`` maps ``"section.key"`` to values set last,
+    as they are (the command line's ``--data``, ``--batch-size``...). Returns the validated
+    `TrainingConfig`.
+
+    Raises ``FileNotFoundError`` when ``source`` is neither a file nor a shipped config, and
+    `ConfigError` for a syntax error (naming the file and line), an unknown key (naming it and
+    the closest known key), a wrong type or inconsistent values.
     """
     data: dict[str, Any] = {}
+    origin = ""
     if isinstance(source, dict):
         data = dict(source)
     elif source is not None:
-        data = _read_mapping(_resolve_source(source))
-    parsed = [_parse_override(text) for text in overrides]
-    stage = _pick(data, parsed, "stage", "egtr")
-    dataset = _pick(data, parsed, "data.dataset", "vg")
-    config = default_config(str(dataset), normalise_stage(str(stage)))
-    _apply(config, data, "")
-    for key, value in parsed:
+        path = _resolve_source(source)
+        origin = f"{path}: "
+        data = _read_mapping(path)
+    parsed = [(text, *_parse_override(text)) for text in overrides]
+    if "stage" in data and isinstance(data["stage"], str):
+        data["stage"] = _stage(data["stage"], f"{origin}stage")
+    for index, (text, key, value) in enumerate(parsed):
+        if key == "stage" and isinstance(value, str):
+            parsed[index] = (text, key, _stage(value, f"--set {text}"))
+    pairs = [(key, value) for _, key, value in parsed]
+    stage = _pick(data, pairs, "stage", "egtr")
+    dataset = _pick(data, pairs, "data.dataset", "vg")
+    try:
+        config = default_config(str(dataset), str(stage))
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}{exc}") from None
+    try:
+        _apply(config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}{exc}") from None
+    for text, key, value in parsed:
+        try:
+            _set_path(config, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (--set {text})") from None
+    for key, value in (values or {}).items():
         _set_path(config, key, value)
-    config.stage = normalise_stage(config.stage)
     config.validate()
     return config
 
 
 def save_config(config: TrainingConfig, path: str | os.PathLike[str]) -> Path:
-    """Write the full configuration (YAML for ``.yaml``/``.yml``, else JSON)."""
+    """Write the full configuration atomically (YAML for ``.yaml``/``.yml``, else JSON).
+
+    Returns the path; raises ``OSError`` when it cannot be written.
+    """
+    from vl_core.files import atomic_write
+
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
         import yaml
@@ -233,8 +301,82 @@ def save_config(config: TrainingConfig, path: str | os.PathLike[str]) -> Path:
         text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     else:
         text = json.dumps(config.to_dict(), indent=2) + "\n"
-    path.write_text(text)
-    return path
+    return atomic_write(path, text)
+
+
+# -- model.overrides ------------------------------------------------------------------------------
+
+# accepted by EGTRConfig besides its fields: consumed when the timm backbone is set up
+_OVERRIDE_EXTRAS = frozenset({"backbone", "use_timm_backbone"})
+# accepted by backbone configurations besides their fields (the backbone mixin's arguments)
+_BACKBONE_EXTRAS = frozenset(
+    {"model_type", "out_features", "out_indices", "stage_names", "use_pretrained_backbone"}
+)
+
+
+def check_model_overrides(overrides: typing.Mapping[str, Any]) -> None:
+    """Check that every key of ``model.overrides`` is an ``EGTRConfig`` setting (and every key
+    of a ``backbone_config`` mapping with a known ``model_type`` one of that backbone's).
+
+    Returns nothing; raises `ConfigError` naming the first unknown key and the closest known one
+    (a misspelt key would otherwise be ignored silently, and the default used).
+    """
+    if not overrides:
+        return
+    from egtr.configuration import EGTRConfig
+
+    known = _config_fields(EGTRConfig) | set(EGTRConfig.attribute_map) | _OVERRIDE_EXTRAS
+    _check_keys(overrides, known, "model.overrides.", "EGTRConfig")
+    backbone = overrides.get("backbone_config")
+    if isinstance(backbone, dict) and isinstance(backbone.get("model_type"), str):
+        from transformers import CONFIG_MAPPING
+
+        model_type = backbone["model_type"]
+        try:
+            config_class = CONFIG_MAPPING[model_type]
+        except KeyError:
+            raise ConfigError(
+                f"model.overrides.backbone_config.model_type {model_type!r} is not a "
+                "transformers configuration (e.g. resnet, timm_backbone)"
+            ) from None
+        fields = _config_fields(config_class)
+        known = fields | {name.lstrip("_") for name in fields} | _BACKBONE_EXTRAS
+        _check_keys(backbone, known, "model.overrides.backbone_config.", config_class.__name__)
+
+
+def _config_fields(config_class: Any) -> set[str]:
+    if dataclasses.is_dataclass(config_class):
+        return {f.name for f in dataclasses.fields(config_class)}
+    import inspect
+
+    return set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
+
+
+def _check_keys(
+    mapping: typing.Mapping[str, Any], known: set[str] | frozenset[str], prefix: str, owner: str
+) -> None:
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(
+                f"unknown configuration key {prefix + str(key)!r}"
+                f"{_suggestion(str(key), known, prefix)}: {owner} has no such setting"
+            )
+
+
+def _suggestion(key: str, known: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean 'PREFIX.x'?)`` for the closest of ``known``, or nothing."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _stage(value: str, where: str) -> str:
+    try:
+        return normalise_stage(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _resolve_source(source: str | os.PathLike[str]) -> Path:
@@ -244,39 +386,62 @@ def _resolve_source(source: str | os.PathLike[str]) -> Path:
     shipped = shipped_configs()
     if str(source) in shipped:
         return shipped[str(source)]
+    if path.is_dir():
+        raise ConfigError(f"--config {str(source)!r} is a directory, not a configuration file")
     raise FileNotFoundError(
         f"no configuration file {str(source)!r} (shipped configs: {', '.join(shipped)})"
     )
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
     if path.suffix == ".json":
-        loaded = json.loads(text)
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+            ) from None
     else:
         import yaml
 
-        loaded = yaml.safe_load(text)
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(_yaml_error(path, exc)) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: a configuration must be a mapping, got {type(loaded).__name__}")
+        raise ConfigError(f"{path}: a configuration must be a mapping, got {type(loaded).__name__}")
     return loaded
+
+
+def _yaml_error(path: Path, exc: Exception) -> str:
+    """``FILE, line L, column C: invalid YAML: problem`` (one line) from a PyYAML error."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}"
+    if mark is not None:
+        where += f", line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    detail = f"{problem} ({context})" if context else str(problem)
+    return f"{where}: invalid YAML: {detail}"
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"override {text!r} is not of the form section.key=value")
-    try:
-        import yaml
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    import yaml
 
+    try:
         value = yaml.safe_load(raw)
-    except ImportError:  # pragma: no cover - PyYAML is a dependency
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--set {text}: the value is not valid YAML: {problem}") from None
     return key.strip(), value
 
 
@@ -300,11 +465,15 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
     for key, value in data.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise ValueError(f"unknown configuration key {where!r}; known: {sorted(names)}")
+            known = ", ".join(sorted(names))
+            raise ConfigError(
+                f"unknown configuration key {where!r}{_suggestion(str(key), names, prefix)}; "
+                f"known: {known}"
+            )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and not isinstance(current, type):
             if not isinstance(value, dict):
-                raise ValueError(f"{where} must be a mapping, got {value!r}")
+                raise ConfigError(f"{where} must be a mapping, got {value!r}")
             _apply(current, value, f"{where}.")
         else:
             setattr(obj, key, _coerce(value, hints[key], where))
@@ -355,27 +524,32 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 continue
             try:
                 return _coerce(value, arg, where)
-            except ValueError as exc:
+            except ConfigError as exc:
                 errors.append(str(exc))
-        raise ValueError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if hint is Any:
+        return value
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where} must be one of {choices}, got {value!r}")
         return value
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {value!r}")
         (item,) = typing.get_args(hint)
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
         return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {value!r}")
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, str):  # PyYAML reads "1e-5" (no dot) as a string
@@ -384,10 +558,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {value!r}")
+            raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
-    raise ValueError(f"{where}: unsupported type {hint!r}")  # pragma: no cover
+    raise ConfigError(f"{where}: unsupported type {hint!r}")  # pragma: no cover

@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
+from egtr.data.base import Target
 from egtr.training.matcher import HungarianMatcher, Match
-
-Target = dict[str, Tensor]
-
 
 # --------------------------------------------------------------------------- detection
 

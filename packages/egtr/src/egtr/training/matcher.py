@@ -7,6 +7,7 @@ uncertainty of the matched query (relation-label smoothing, :mod:`egtr.training.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou
+
+from egtr.data.base import Target
 
 _LOG_EPS = 1e-8  # inside the logs of the focal class cost, as Deformable DETR
 
@@ -109,10 +112,9 @@ class HungarianMatcher:
         targets = torch.as_tensor(cols.astype(np.int64), device=device)
         return Match(queries, targets, cost[queries, targets])
 
-    def __call__(
-        self, logits: Tensor, boxes: Tensor, targets: list[dict[str, Tensor]]
-    ) -> list[Match]:
-        """Match every image of a batch: ``logits [B, N, C]``, ``boxes [B, N, 4]``, targets per image."""
+    def __call__(self, logits: Tensor, boxes: Tensor, targets: Sequence[Target]) -> list[Match]:
+        """Match every image of a batch: ``logits [B, N, C]``, ``boxes [B, N, 4]``, targets per
+        image (only ``class_labels`` and ``boxes`` are read); returns one `Match` per image."""
         if logits.shape[0] != len(targets):
             raise ValueError(f"{logits.shape[0]} predictions but {len(targets)} targets")
         return [

@@ -9,6 +9,11 @@ validation checkpoint at ``continuation_lr_factor`` x the rates), each with earl
 Output directory: ``config.yaml`` (the resolved configuration), ``metrics.jsonl``,
 ``checkpoints/last.pt`` (everything needed to resume exactly), ``best/`` (the model with the lowest
 validation loss, ``save_pretrained`` format, plus ``best.json``) and ``final/`` (the last weights).
+Files are replaced atomically and model directories swapped in whole, so an interrupted run never
+leaves half a file; a resumed run drops the metrics records written after its checkpoint.
+
+Under ``torchrun`` the process group is joined through :mod:`vl_core.distributed` (NCCL for CUDA
+devices, gloo on the CPU).
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ import logging
 import math
 import os
 import random
+import shutil
+import tempfile
 import time
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +39,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from egtr.data.base import Target
 from egtr.modeling import EGTRForSceneGraphGeneration
-from egtr.training import distributed
 from egtr.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from egtr.training.config import TrainingConfig, save_config
+from egtr.training.config import ConfigError, TrainingConfig, save_config
 from egtr.training.losses import (
     CriterionOutput,
     LossWeights,
@@ -45,6 +53,9 @@ from egtr.training.matcher import HungarianMatcher
 from egtr.training.metrics import MetricsLog
 from egtr.training.optim import PhaseSchedule, build_optimizer
 from egtr.training.sampler import GlobalBatchSampler, SeededDataset, ShardSampler
+from vl_core.devices import resolve_device
+from vl_core.distributed import Dist, device_for_rank, from_environment, setup_process_group
+from vl_core.files import atomic_rewrite_rows, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +65,8 @@ PHASES = ("main", "continuation")
 
 
 def build_criterion(config: TrainingConfig) -> SceneGraphCriterion:
-    """The criterion of ``config`` (relations only in stage B)."""
+    """The criterion of ``config``; returns a `SceneGraphCriterion` (relations only in stage
+    ``"egtr"``)."""
     m, loss = config.matcher, config.loss
     matcher = HungarianMatcher(
         m.class_cost, m.bbox_cost, m.giou_cost, loss.focal_alpha, loss.focal_gamma
@@ -77,7 +89,7 @@ def build_criterion(config: TrainingConfig) -> SceneGraphCriterion:
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp`` on ``device`` (``None``: full precision)."""
+    """The autocast dtype for ``train.amp`` on ``device``; returns ``None`` for full precision."""
     if device.type != "cuda" or mode == "fp32":
         return None
     if mode == "auto":
@@ -118,7 +130,11 @@ class Trainer:
 
     ``train_dataset[i]`` is ``(image [3, H, W], target)`` and ``collate_fn`` batches them into
     ``(pixel_values, pixel_mask, targets)`` (see :mod:`egtr.data`). Under ``torchrun`` every process
-    builds the same ``Trainer``; the process group is joined here.
+    builds the same ``Trainer``; the process group is joined here (NCCL for a CUDA device, gloo
+    on the CPU) and each process takes the GPU of its local rank.
+
+    Raises ``ValueError`` for an inconsistent configuration or an unavailable ``device``, and
+    ``vl_core.distributed.DistributedError`` for an inconsistent ``torchrun`` environment.
     """
 
     def __init__(
@@ -135,12 +151,12 @@ class Trainer:
         config.validate()
         self.config = config
         self.out_dir = Path(out_dir)
-        self.dist = distributed.setup(device)
-        self.device = self.dist.device
+        self.device = training_device(device, from_environment())
+        self.dist: Dist = setup_process_group("nccl" if self.device.type == "cuda" else "gloo")
         t = config.train
         per_step = t.batch_size * self.dist.world_size
         if t.effective_batch % per_step:
-            raise ValueError(
+            raise ConfigError(
                 f"train.effective_batch ({t.effective_batch}) must be a multiple of "
                 f"batch_size x processes ({t.batch_size} x {self.dist.world_size})"
             )
@@ -155,9 +171,9 @@ class Trainer:
         self.train_data = SeededDataset(train_dataset, t.seed)
         self.val_data = SeededDataset(val_dataset, t.seed) if val_dataset is not None else None
         self.sampler = GlobalBatchSampler(
-            len(train_dataset),
+            len(train_dataset),  # type: ignore[arg-type]
             t.batch_size,
-            self.accumulation,  # type: ignore[arg-type]
+            self.accumulation,
             self.dist.world_size,
             self.dist.rank,
             t.seed,
@@ -168,7 +184,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         self.ddp: DistributedDataParallel | None = None
-        if self.dist.distributed:
+        if self.dist.sharded:
             self.ddp = DistributedDataParallel(
                 self.module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -187,11 +203,17 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
+        """``OUT/checkpoints/last.pt``: where the run's resumable state is written."""
         return self.out_dir / "checkpoints" / "last.pt"
 
     def fit(self, *, resume: bool = False) -> FitResult:
-        """Train until both phases end (or ``train.max_steps``); ``resume`` continues from
-        ``checkpoints/last.pt`` when it exists."""
+        """Train until both phases end (or ``train.max_steps``); returns a `FitResult`.
+
+        ``resume`` continues from ``checkpoints/last.pt`` when it exists (and starts afresh when
+        it does not); either way the metrics records written after that point are dropped.
+        Raises ``ValueError`` when the checkpoint does not fit this run (another number of images
+        per step) and ``FloatingPointError`` for a non-finite loss.
+        """
         t = self.config.train
         if resume and self.checkpoint_path.is_file():
             self.load_state(load_checkpoint(self.checkpoint_path))
@@ -204,6 +226,10 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.yaml")
+            if resume:
+                trim_metrics(
+                    self.out_dir / "metrics.jsonl", self.state.global_step, len(self.val_history)
+                )
             self._log = MetricsLog(self.out_dir / "metrics.jsonl", tensorboard=t.tensorboard)
         self._info(
             f"{self.config.stage} training: {self.dist.world_size} process(es) x batch "
@@ -230,8 +256,8 @@ class Trainer:
                 self._log.close()
                 self._log = None
         if finished and self.dist.is_main:
-            self.module.save_pretrained(self.out_dir / "final")
-        distributed.barrier()
+            save_model_directory(self.module, self.out_dir / "final")
+        self.dist.barrier()
         return FitResult(
             self.state.global_step,
             self.state.phase,
@@ -276,14 +302,14 @@ class Trainer:
             names = self._component_names()
         if sums is None:
             sums = torch.zeros(len(names), device=self.device)
-        totals = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]))
+        totals = self.dist.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]))
         images = max(float(totals[-1]), 1.0)
         return {name: float(v) / images for name, v in zip(names, totals[:-1], strict=True)}
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs (tensors and plain containers only)."""
+        """Everything a resumed run needs; returns tensors and plain containers only."""
         return {
             "model": self.module.state_dict(),
             "model_config": self.module.config.to_json_string(),
@@ -298,9 +324,12 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (the RNG states by rank, when the world size is the same)."""
+        """Restore a :meth:`state_dict` (the RNG states by rank, when the world size is the same).
+
+        Raises ``ValueError`` when the checkpoint used another number of images per step.
+        """
         if int(state["global_batch"]) != self.sampler.global_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint was trained with {state['global_batch']} images per step, this "
                 f"run uses {self.sampler.global_batch}: resume with the same train.effective_batch"
             )
@@ -321,11 +350,11 @@ class Trainer:
             _seed_everything(self.config.train.seed + self.dist.rank + self.state.global_step)
 
     def save_checkpoint(self) -> None:
-        """Write ``checkpoints/last.pt`` (all processes must call this)."""
-        rngs = distributed.all_gather_objects(rng_state())
+        """Write ``checkpoints/last.pt`` atomically (all processes must call this)."""
+        rngs = self.dist.all_gather(rng_state())
         if self.dist.is_main:
             save_checkpoint({**self.state_dict(), "rng": rngs}, self.checkpoint_path)
-        distributed.barrier()
+        self.dist.barrier()
 
     # ------------------------------------------------------------------ loop
 
@@ -387,7 +416,7 @@ class Trainer:
             sums = values if sums is None else sums + values
         assert sums is not None
         grad_norm = self._clip_and_step()
-        totals = distributed.all_reduce_sum(sums / self.accumulation) / self.dist.world_size
+        totals = self.dist.all_reduce_sum(sums / self.accumulation) / self.dist.world_size
         metrics = {name: float(v) for name, v in zip(names, totals, strict=True)}
         metrics["grad_norm"] = grad_norm
         return metrics
@@ -415,7 +444,10 @@ class Trainer:
         pixel_values = pixel_values.to(self.device, non_blocking=non_blocking)
         pixel_mask = pixel_mask.to(self.device, non_blocking=non_blocking)
         moved = [
-            {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in target.items()}
+            typing.cast(
+                Target,
+                {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in target.items()},
+            )
             for target in targets
         ]
         autocast = (
@@ -471,10 +503,8 @@ class Trainer:
 
     def _save_best(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            best = self.out_dir / "best"
-            self.module.save_pretrained(best)
-            (best / "best.json").write_text(json.dumps(record, indent=2) + "\n")
-        distributed.barrier()
+            save_model_directory(self.module, self.out_dir / "best", extra={"best.json": record})
+        self.dist.barrier()
 
     def _begin_continuation(self) -> None:
         """Reload the best weights and restart the optimizer at the reduced learning rate."""
@@ -576,3 +606,80 @@ def _progress(total: int, initial: int, desc: str, *, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def training_device(device: str | torch.device | None, info: Dist) -> torch.device:
+    """The device of this process: ``device`` (``None``/``"auto"``: CUDA when available), a
+    sharded CUDA run spread over the GPUs by local rank; selected as the current CUDA device.
+
+    Returns the ``torch.device``; raises ``ValueError`` for an unknown or unavailable device.
+    """
+    requested = "auto" if device is None else str(device)
+    chosen = resolve_device(device_for_rank(requested, info))
+    if chosen.type == "cuda":
+        if chosen.index is None:
+            chosen = torch.device("cuda", info.local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(chosen)
+    return chosen
+
+
+def save_model_directory(
+    model: EGTRForSceneGraphGeneration, target: Path, *, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """``model.save_pretrained`` (plus ``extra`` JSON files) into a new directory beside
+    ``target``, then swapped in for it, so ``target`` is never a half-written model.
+
+    Returns ``target``; raises ``OSError`` when the directory cannot be written.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        for name, data in (extra or {}).items():
+            write_json(staging / name, data)
+        if target.exists():
+            retired = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+            )
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def trim_metrics(path: Path, global_step: int, validations: int) -> None:
+    """Drop what a resumed run will write again from the metrics log ``path``: training records
+    after ``global_step``, validation records after the first ``validations``, a torn last line.
+
+    Returns nothing (a missing log stays missing); raises ``OSError`` when it cannot be rewritten.
+    """
+    if not path.is_file():
+        return
+    kept: list[str] = []
+    seen_val = 0
+    changed = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            changed = True  # an interrupted write
+            continue
+        if not isinstance(record, dict):
+            changed = True
+            continue
+        if record.get("event") == "val":
+            seen_val += 1
+            keep = seen_val <= validations
+        else:
+            keep = int(record.get("step", 0)) <= global_step
+        if keep:
+            kept.append(line)
+        else:
+            changed = True
+    if changed:
+        atomic_rewrite_rows(path, kept)
