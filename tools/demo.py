@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vl_core.files import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "shared" / "world" / "samples"
 CLIP_MODEL = ROOT / "shared" / "models" / "clip-shapes"
@@ -91,7 +93,7 @@ def run_clip4dm(out: Path) -> None:
         *model,
         capture=True,
     )
-    (out / "detect-one.json").write_text(one, encoding="utf-8")
+    atomic_write(out / "detect-one.json", one)
     _cli(
         "clip4dm",
         "visualize",

@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -45,37 +44,29 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from vl_core.files import atomic_save, atomic_write, write_json  # noqa: E402
+
 TEMPLATE = "A photo depicts "  # clip4dm's default template; most training captions carry it
 
 
 def build_model(args: argparse.Namespace, tokenizer: Any) -> Any:
-    """A random ``CLIPModel`` with the real CLIP vocabulary size and a small width."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+    """A random ``CLIPModel`` with the real CLIP vocabulary size and a small width (seeded by
+    ``--seed``)."""
+    from transformers import CLIPModel
 
-    vocab = tokenizer.get_vocab()
-    text = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=args.text_width,
-        intermediate_size=4 * args.text_width,
-        num_hidden_layers=args.text_layers,
-        num_attention_heads=args.heads,
-        max_position_embeddings=77,
-        projection_dim=args.embed,
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=args.vision_width,
-        intermediate_size=4 * args.vision_width,
-        num_hidden_layers=args.vision_layers,
-        num_attention_heads=args.heads,
+    from vl_core.testing import hf_clip_config
+
+    config = hf_clip_config(
+        tokenizer,
+        text_width=args.text_width,
+        text_layers=args.text_layers,
+        text_heads=args.heads,
+        vision_width=args.vision_width,
+        vision_layers=args.vision_layers,
+        vision_heads=args.heads,
         image_size=args.image_size,
         patch_size=args.patch,
-        projection_dim=args.embed,
-    )
-    config = CLIPConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=args.embed
+        embed_dim=args.embed,
     )
     torch.manual_seed(args.seed)
     return CLIPModel(config)
@@ -117,14 +108,13 @@ class SubsetEmbedding(torch.nn.Module):
 def build_tokenizer(source: str | None = None) -> Any:
     """CLIP's BPE tokenizer, built from open_clip's bundled vocabulary (as vl-core's test models
     are) or, with ``source``, loaded from a saved tokenizer directory."""
-    from transformers import CLIPTokenizer
-
     if source:
-        return CLIPTokenizer.from_pretrained(source)
-    from vl_core.testing import _clip_bpe
+        from transformers import CLIPTokenizer
 
-    vocab, merges = _clip_bpe()
-    return CLIPTokenizer(vocab=vocab, merges=cast(Any, merges), model_max_length=77)
+        return CLIPTokenizer.from_pretrained(source)
+    from vl_core.testing import clip_bpe_tokenizer
+
+    return clip_bpe_tokenizer()
 
 
 def build_processor(size: int) -> Any:
@@ -166,8 +156,7 @@ def load_pixels(world: Path, rows: Sequence[dict[str, Any]], processor: Any, cac
         batch = processor(images=images, return_tensors="pt")["pixel_values"]
         chunks.append(batch.to(torch.float16))
     pixels = torch.cat(chunks)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(pixels, cache)
+    atomic_save(cache, lambda path: torch.save(pixels, path))
     return pixels
 
 
@@ -360,18 +349,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         print(f"resumed at step {state['step']}", flush=True)
 
     def save_checkpoint() -> None:
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": trainable.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": state["step"],
-                "elapsed": state["elapsed"],
-                "log": json.dumps(state["log"]),
-            },
-            tmp,
-        )
-        os.replace(tmp, checkpoint)
+        saved = {
+            "model": trainable.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": state["step"],
+            "elapsed": state["elapsed"],
+            "log": json.dumps(state["log"]),
+        }
+        atomic_save(checkpoint, lambda path: torch.save(saved, path))
 
     # as released: the full token table, not the training subset
     n_params = (
@@ -479,7 +464,7 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
     cfg = summary["config"]
     metrics = summary.get("metrics")
     if metrics is not None:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+        write_json(out / "metrics.json", metrics, indent=1)
     size_mb = (out / "model.safetensors").stat().st_size / 2**20
     lines = [
         "# clip-shapes: a small CLIP trained on the synthetic shapes world",
@@ -546,40 +531,54 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
         "",
     ]
     if metrics is not None:
-        foil, hat = metrics["foil"], metrics["hat"]
-        kinds = ", ".join(f"{k} {_pct(v)}" for k, v in foil["LA_by_kind"].items())
-        lines += [
-            "## Metrics (clip4dm on `shared/world/test-set`, test split)",
-            "",
-            "Reproduce: `python -m tools.world.evaluate --model hf:shared/models/clip-shapes "
-            "--world shared/world/test-set` (prints this JSON; also in `metrics.json`).",
-            "",
-            f"FOIL format, `most_negative` mode: {foil['captions']} captions "
-            f"({foil['foils']} foils, one word changed).",
-            "",
-            "| metric | value |",
-            "|---|---|",
-            f"| LA (lowest word == foil word) | {_pct(foil['LA'])} |",
-            f"| LA, exact position | {_pct(foil['LA_exact'])} |",
-            f"| LA by foil kind | {kinds} |",
-            f"| chance LA (1 / words) | {_pct(foil['LA_chance'])} |",
-            f"| AP, F-CLIPScore (aligned vs foil) | {_pct(foil['AP_F-CLIPScore'])} |",
-            f"| AP, CLIPScore alone | {_pct(foil['AP_CLIPScore'])} |",
-            "",
-            f"HAT format, `threshold` mode, epsilon = {hat['epsilon']:.0e} (chosen on the val "
-            f"split by HAT LA, grid in `tools/world/evaluate.py`): {hat['captions']} captions, "
-            f"{hat['hallucinated']} with 1–2 hallucinated words.",
-            "",
-            "| metric | value |",
-            "|---|---|",
-            f"| LA (lowest phrase ⊂ hallucinated words) | {_pct(hat['LA'])} |",
-            f"| LA, exact positions | {_pct(hat['LA_exact'])} |",
-            f"| chance (hallucinated words / words) | {_pct(hat['LA_chance'])} |",
-            f"| AP, −F-CLIPScore (hallucinated = positive) | {_pct(hat['AP_F-CLIPScore'])} |",
-            f"| AP, −CLIPScore alone | {_pct(hat['AP_CLIPScore'])} |",
-            "",
-        ]
-    lines += [
+        lines += card_metrics(metrics)
+    lines += card_limitations(metrics)
+    lines.append("")
+    atomic_write(out / "MODEL_CARD.md", "\n".join(lines))
+
+
+def card_metrics(metrics: dict[str, Any]) -> list[str]:
+    """The card's ``## Metrics`` section (lines) from ``metrics.json``'s content (what
+    `tools.world.evaluate.evaluate` returns)."""
+    foil, hat = metrics["foil"], metrics["hat"]
+    kinds = ", ".join(f"{k} {_pct(v)}" for k, v in foil["LA_by_kind"].items())
+    return [
+        "## Metrics (clip4dm on `shared/world/test-set`, test split)",
+        "",
+        "Reproduce: `python -m tools.world.evaluate --model hf:shared/models/clip-shapes "
+        "--world shared/world/test-set` (prints this JSON; also in `metrics.json`).",
+        "",
+        f"FOIL format, `most_negative` mode: {foil['captions']} captions "
+        f"({foil['foils']} foils, one word changed).",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| LA (lowest word == foil word) | {_pct(foil['LA'])} |",
+        f"| LA, exact position | {_pct(foil['LA_exact'])} |",
+        f"| LA by foil kind | {kinds} |",
+        f"| chance LA (1 / words) | {_pct(foil['LA_chance'])} |",
+        f"| AP, F-CLIPScore (aligned vs foil) | {_pct(foil['AP_F-CLIPScore'])} |",
+        f"| AP, CLIPScore alone | {_pct(foil['AP_CLIPScore'])} |",
+        "",
+        f"HAT format, `threshold` mode, epsilon = {hat['epsilon']:.0e} (chosen on the val "
+        f"split by HAT LA, grid in `tools/world/evaluate.py`): {hat['captions']} captions, "
+        f"{hat['hallucinated']} with 1–2 hallucinated words.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| LA (lowest phrase ⊂ hallucinated words) | {_pct(hat['LA'])} |",
+        f"| LA, exact positions | {_pct(hat['LA_exact'])} |",
+        f"| chance (hallucinated words / words) | {_pct(hat['LA_chance'])} |",
+        f"| AP, −F-CLIPScore (hallucinated = positive) | {_pct(hat['AP_F-CLIPScore'])} |",
+        f"| AP, −CLIPScore alone | {_pct(hat['AP_CLIPScore'])} |",
+        "",
+    ]
+
+
+def card_limitations(metrics: dict[str, Any] | None) -> list[str]:
+    """The card's ``## Limitations`` section (lines); with ``metrics``, also where the
+    localisation is weak and the pairwise figures that explain why."""
+    lines = [
         "## Limitations",
         "",
         "- Words outside the world's vocabulary map to untrained embeddings. Relations are binary "
@@ -600,8 +599,7 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
             + " (50% = it cannot tell them apart; `pairwise_by_kind` in `metrics.json`). "
             "clip4dm can only localise a difference the CLIP sees."
         )
-    lines.append("")
-    (out / "MODEL_CARD.md").write_text("\n".join(lines), encoding="utf-8")
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -674,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["metrics"] = evaluate(f"hf:{args.out}", args.eval_world, device=args.device)
         summary["eval_minutes"] = round((time.time() - t0) / 60, 1)
     summary["wall_minutes"] = round((time.time() - wall) / 60, 1)
-    Path(args.work, "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(Path(args.work, "summary.json"), summary, indent=1)
     write_card(summary, Path(args.out))
     print(json.dumps({k: v for k, v in summary.items() if k != "log"}, indent=1))
     return 0

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vl_core.files import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tools" / "configs"
 DETECTOR_CONFIG = CONFIGS / "egtr_shapes_detector.yaml"
@@ -142,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                 "units": "percent; sgdet graph-constrained, ng_ = unconstrained; AP50 = COCO",
                 "models": summary,
             }
-            (args.out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_json(args.out / "metrics.json", record)
             print(table(summary))
         timings[stage] = round(time.time() - start, 1)
-        (work / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+        write_json(work / "timings.json", timings)
         print(f"[train_egtr] {stage}: {timings[stage]:.0f} s", flush=True)
     return 0
 

@@ -12,6 +12,7 @@ procedure; cost relative to CLIPScore). Prints a JSON line (and writes it with -
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -130,10 +131,14 @@ def main() -> None:
     rows = []
     for batch in args.batch_sizes:
         fast = timed(
-            lambda b=batch: detector.detect_batch(images, texts, batch_size=b), device, args.repeats
+            functools.partial(detector.detect_batch, images, texts, batch_size=batch),
+            device,
+            args.repeats,
         )
         plain = timed(
-            lambda b=batch: clipscore_forward(backbone, images, texts, b), device, args.repeats
+            functools.partial(clipscore_forward, backbone, images, texts, batch),
+            device,
+            args.repeats,
         )
         rows.append(
             {

@@ -47,6 +47,7 @@ from tools.world.captions import (
 )
 from tools.world.relations import PREDICATES, scene_relations
 from tools.world.scene import COLOURS, SHAPES, SIZES, Scene, render, sample_scene
+from vl_core.files import atomic_write, write_json
 
 SPLITS: dict[str, int] = {"train": 1, "val": 2, "test": 3}
 FORMAT_VERSION = 1
@@ -251,8 +252,7 @@ def vg_files(samples: Sequence[Sample]) -> tuple[dict[str, Any], dict[str, list[
 
 
 def _dump(path: Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    write_json(path, payload, indent=1)
 
 
 def _build(job: tuple[int, str, int, int, str | None]) -> Sample:
@@ -287,14 +287,11 @@ def write_world(
         else:
             samples = [_build(job) for job in todo]
         lines = [json.dumps(scene_row(s), separators=(",", ":")) for s in samples]
-        scenes = root / "scenes" / f"{split}.jsonl"
-        scenes.parent.mkdir(parents=True, exist_ok=True)
-        scenes.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        atomic_write(root / "scenes" / f"{split}.jsonl", "".join(line + "\n" for line in lines))
         _dump(root / "foil" / f"{split}.json", foil_file(samples))
         _dump(root / "hat" / f"{split}.json", hat_file(samples))
-        pairs = root / "pairs" / f"{split}.jsonl"
-        pairs.parent.mkdir(parents=True, exist_ok=True)
-        pairs.write_text("".join(line + "\n" for line in pairs_lines(samples)), encoding="utf-8")
+        pairs = "".join(line + "\n" for line in pairs_lines(samples))
+        atomic_write(root / "pairs" / f"{split}.jsonl", pairs)
         coco, relations = vg_files(samples)
         _dump(root / "vg" / f"{split}.json", coco)
         rel[split] = relations

@@ -35,6 +35,69 @@ def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, [(a, b) for a, b in merges]
 
 
+def clip_bpe_tokenizer(context_length: int = 77) -> Any:
+    """CLIP's BPE tokenizer as a ``transformers.CLIPTokenizer``, built offline from the vocabulary
+    bundled with open_clip (49,408 tokens; what the tiny test models and the shipped shapes-world
+    CLIP save as their tokenizer).
+
+    Returns the tokenizer. Raises ``ImportError`` without open_clip or transformers.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_bpe()
+    return CLIPTokenizer(vocab=vocab, merges=cast(Any, merges), model_max_length=context_length)
+
+
+def hf_clip_config(
+    tokenizer: Any,
+    *,
+    text_width: int,
+    text_layers: int,
+    text_heads: int,
+    vision_width: int,
+    vision_layers: int,
+    vision_heads: int,
+    image_size: int,
+    patch_size: int,
+    embed_dim: int,
+    context_length: int = 77,
+) -> Any:
+    """A ``transformers.CLIPConfig`` of the given shape for ``tokenizer``'s vocabulary (e.g.
+    `clip_bpe_tokenizer`): MLPs 4× wide, start/end-of-text ids from the vocabulary, padding with
+    the end-of-text token, as OpenAI's CLIP.
+
+    Returns the config. Raises ``KeyError`` when the vocabulary lacks ``<|startoftext|>`` or
+    ``<|endoftext|>``, ``ImportError`` without transformers.
+    """
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    vocab = tokenizer.get_vocab()
+    text = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=text_width,
+        intermediate_size=4 * text_width,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        max_position_embeddings=context_length,
+        projection_dim=embed_dim,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=vision_width,
+        intermediate_size=4 * vision_width,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=embed_dim,
+    )
+    return CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=embed_dim
+    )
+
+
 #: Real CLIP shapes (text width/layers/heads, vision width/layers/heads, patch, image, embed dim).
 CLIP_SHAPES: dict[str, dict[str, int]] = {
     "tiny": {
@@ -78,48 +141,29 @@ def make_tiny_hf_clip(
 ) -> Path:
     """Write a random ``CLIPModel`` (tiny by default, or a real CLIP ``shape`` from
     :data:`CLIP_SHAPES`) + tokenizer + image processor to ``directory``."""
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPTextConfig,
-        CLIPTokenizer,
-        CLIPVisionConfig,
-    )
+    from transformers import CLIPImageProcessor, CLIPModel
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    vocab, merges = _clip_bpe()
+    tokenizer = clip_bpe_tokenizer()
     dims = CLIP_SHAPES[shape]
-    text = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=dims["tw"],
-        intermediate_size=4 * dims["tw"],
-        num_hidden_layers=layers if shape == "tiny" else dims["tl"],
-        num_attention_heads=dims["th"],
-        max_position_embeddings=77,
-        projection_dim=dims["embed"],
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=dims["vw"],
-        intermediate_size=4 * dims["vw"],
-        num_hidden_layers=dims["vl"],
-        num_attention_heads=dims["vh"],
+    config = hf_clip_config(
+        tokenizer,
+        text_width=dims["tw"],
+        text_layers=layers if shape == "tiny" else dims["tl"],
+        text_heads=dims["th"],
+        vision_width=dims["vw"],
+        vision_layers=dims["vl"],
+        vision_heads=dims["vh"],
         image_size=dims["image"],
         patch_size=dims["patch"],
-        projection_dim=dims["embed"],
-    )
-    config = CLIPConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=dims["embed"]
+        embed_dim=dims["embed"],
     )
     torch.manual_seed(seed)
     model = CLIPModel(config)
     _spread_weights(model, seed)
     model.save_pretrained(out)
-    CLIPTokenizer(vocab=vocab, merges=cast(Any, merges), model_max_length=77).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     CLIPImageProcessor(
         size={"shortest_edge": dims["image"]},
         crop_size={"height": dims["image"], "width": dims["image"]},

@@ -18,14 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tools.world import COLOURS, PREDICATES, SHAPES, SIZES, make_sample, render
+from tools.world.generate import main as world_main
+from tools.world.generate import write_world
+from tools.world.scene import Shape, shape_mask
 
-from tools.world import COLOURS, PREDICATES, SHAPES, SIZES, make_sample, render  # noqa: E402
-from tools.world.generate import main as world_main  # noqa: E402
-from tools.world.generate import write_world  # noqa: E402
-from tools.world.scene import Shape, shape_mask  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SHIPPED = ROOT / "shared" / "world" / "test-set"
 COUNTS = {"train": 5, "val": 3, "test": 4}
