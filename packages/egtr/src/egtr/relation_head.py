@@ -28,6 +28,7 @@ class PredictionMLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
 
     def forward(self, x: Tensor) -> Tensor:
+        """The MLP's output, ``[..., output_dim]`` for ``x`` ``[..., input_dim]``."""
         return self.tail(x, start=0)
 
     def tail(self, x: Tensor, start: int) -> Tensor:
@@ -86,6 +87,11 @@ class RelationHead(nn.Module):
         return torch.sigmoid(a.unsqueeze(-1) + b.unsqueeze(-2))
 
     def forward(self, queries: Tensor, keys: Tensor, last_hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """``(relation logits [B, N, N, P], connectivity logits [B, N, N])``, no frequency bias.
+
+        ``queries``/``keys`` are ``[B, L, N, d]`` and ``last_hidden`` ``[B, N, d]``; subject =
+        row, object = column. Raises ``ValueError`` for inputs of the wrong shape.
+        """
         subj, obj = self.sources(queries, keys, last_hidden)
         gates = self.gates(subj, obj)  # [B, S, N(i), N(j)]
         # sources last, batched by subject and by object: small ([B, N, N, S]) contiguous copies

@@ -62,6 +62,9 @@ class ProbedMultiheadAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
+        """``nn.MultiheadAttention``'s ``(output, weights)``: the wrapped module's own output
+        value (bit for bit) carrying the literal computation's gradient; the probabilities are
+        kept in ``last_probs``."""
         mha = self.inner
         literal, probs = self._literal(query, key, value, key_padding_mask, attn_mask, is_causal)
         self.last_probs = probs

@@ -49,10 +49,12 @@ class ClipBackbone(ABC):
 
     @property
     def num_text_layers(self) -> int:
+        """The number of transformer layers of the text encoder."""
         return len(self.text_layers)
 
     @property
     def context_length(self) -> int:
+        """The tokenizer's context length (77 for CLIP)."""
         return self.tokenizer.context_length
 
     # --- encoding ---------------------------------------------------------------------------

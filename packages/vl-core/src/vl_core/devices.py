@@ -21,7 +21,11 @@ _DTYPES: dict[str, torch.dtype] = {
 
 
 def resolve_device(device: DeviceLike = "auto") -> torch.device:
-    """``"auto"`` → ``cuda`` if available else ``cpu``; anything else is passed to ``torch.device``."""
+    """The ``torch.device`` for ``device``: ``"auto"`` → ``cuda`` if available else ``cpu``;
+    anything else is passed to ``torch.device``.
+
+    Raises ``ValueError`` for an unknown device, or a CUDA device when CUDA is not available.
+    """
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -38,7 +42,8 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: DTypeLike | str = "auto", device: DeviceLike = "cpu") -> torch.dtype:
-    """``"auto"`` → bf16 on CUDA devices that support it, else fp16 on CUDA, fp32 on CPU."""
+    """The ``torch.dtype`` for ``dtype``: ``"auto"`` → bf16 on CUDA devices that support it, else
+    fp16 on CUDA, fp32 on CPU. Raises ``ValueError`` for an unknown name."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":

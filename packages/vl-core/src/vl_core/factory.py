@@ -22,7 +22,10 @@ _REGISTRY: dict[str, Loader] = {}
 
 
 def register_backbone(prefix: str, loader: Loader) -> None:
-    """Make ``prefix:NAME`` resolve to ``loader(NAME, device, dtype)``."""
+    """Make ``prefix:NAME`` resolve to ``loader(NAME, device, dtype)``.
+
+    Raises ``ValueError`` when ``prefix`` is not an identifier.
+    """
     if not prefix.isidentifier():
         raise ValueError(f"backbone prefix must be an identifier, got {prefix!r}")
     _REGISTRY[prefix] = loader
@@ -34,7 +37,12 @@ def available_families() -> list[str]:
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """``"hf:openai/clip"`` → ``("hf", "openai/clip")``; a bare local dir with config.json → hf."""
+    """``(family, rest)`` of a model name: ``"hf:openai/clip"`` → ``("hf", "openai/clip")``; a bare
+    local dir with config.json → hf, with open_clip_config.json → openclip.
+
+    Raises ``ValueError`` for an unknown family or a name that is neither prefixed nor a model
+    directory.
+    """
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _REGISTRY:
         return prefix, rest
@@ -58,7 +66,11 @@ def split_name(name: str) -> tuple[str, str]:
 def load_backbone(
     name: str, *, device: DeviceLike = "auto", dtype: DTypeLike | str = "auto"
 ) -> Backbone:
-    """Load any registered backbone by ``family:name``."""
+    """Load any registered backbone by ``family:name``; returns the `Backbone`.
+
+    Raises ``ValueError`` for a bad name, device or dtype, and `ModelNotAvailableError` (an
+    ``OSError``) when the weights cannot be had here.
+    """
     family, rest = split_name(name)
     dev = resolve_device(device)
     return _REGISTRY[family](rest, dev, resolve_dtype(dtype, dev))
@@ -67,7 +79,11 @@ def load_backbone(
 def load_clip(
     name: str, *, device: DeviceLike = "auto", dtype: DTypeLike | str = "auto"
 ) -> ClipBackbone:
-    """Load a CLIP model (``hf:...``, ``openclip:...`` or a local HF directory)."""
+    """Load a CLIP model (``hf:...``, ``openclip:...`` or a local directory); returns its
+    `ClipBackbone`.
+
+    Raises what `load_backbone` raises, and ``TypeError`` when the name is not a CLIP model.
+    """
     backbone = load_backbone(name, device=device, dtype=dtype)
     if not isinstance(backbone, ClipBackbone):
         raise TypeError(f"{name!r} is not a CLIP model (got {type(backbone).__name__})")

@@ -16,6 +16,9 @@ def batched_grad(scores: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
     Exact per-sample gradients provided each ``scores[b]`` depends only on sample ``b``'s slice
     of every input (true for models without cross-sample interaction, e.g. CLIP in eval mode): then
     the gradient of ``scores.sum()`` restricted to slice ``b`` equals the gradient of ``scores[b]``.
+    Returns one gradient per input, shaped like it (zeros where an input is unused).
+
+    Raises ``ValueError`` when ``scores`` is not a vector or an input's batch size differs.
     """
     if scores.dim() != 1:
         raise ValueError(f"scores must be a vector [batch], got shape {tuple(scores.shape)}")
@@ -34,6 +37,8 @@ def partial_autograd(model: nn.Module, start: nn.Module) -> Iterator[None]:
     on; the first tensor entering ``start`` becomes a fresh leaf that requires grad. So modules
     before ``start`` build no graph (they cost a plain forward), and the graph from ``start`` on
     holds only activations. Parameters' ``requires_grad`` flags are restored on exit.
+
+    Raises ``TypeError`` (at the forward) when ``start`` receives no tensor input.
     """
     saved = [(p, p.requires_grad) for p in model.parameters()]
 

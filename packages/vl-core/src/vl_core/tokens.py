@@ -24,6 +24,7 @@ class TokenBatch:
     truncated: tuple[bool, ...]
 
     def to(self, device: torch.device | str) -> TokenBatch:
+        """A copy with the tensors on ``device``."""
         return TokenBatch(self.ids.to(device), self.eot.to(device), self.truncated)
 
 

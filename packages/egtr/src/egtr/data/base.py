@@ -103,7 +103,11 @@ class SceneGraphDataset(Dataset[tuple[Tensor, Target]]):
         return self.image_dir / self.records[index].file_name
 
     def load_image(self, index: int) -> Image.Image:
-        """Record ``index``'s image as RGB (no EXIF rotation: annotations refer to stored pixels)."""
+        """Record ``index``'s image as RGB (no EXIF rotation: annotations refer to stored pixels).
+
+        Raises ``ImageNotFoundError`` when the file does not exist and ``ImageLoadError`` when it
+        cannot be read or decoded (both name the path, record and image id).
+        """
         path = self.image_path(index)
         where = f"{path} (record {index}, image_id {self.records[index].image_id})"
         try:
@@ -152,7 +156,11 @@ class SceneGraphDataset(Dataset[tuple[Tensor, Target]]):
 
 
 def mirror_table(predicates: Sequence[str], pairs: Sequence[Sequence[str]]) -> Tensor:
-    """``[P]`` predicate index -> its index after a left-right flip (identity but for ``pairs``)."""
+    """``[P]`` predicate index -> its index after a left-right flip (identity but for ``pairs``).
+
+    Raises ``ValueError`` when an entry of ``pairs`` is not a pair of names, names a predicate
+    not in ``predicates``, or names a predicate that is already in another pair.
+    """
     table = torch.arange(len(predicates))
     index = {name: i for i, name in enumerate(predicates)}
     seen: set[str] = set()
@@ -198,7 +206,12 @@ def _clip_xyxy(boxes: Tensor, width: int, height: int) -> Tensor:
 def check_relations(
     rels: Any, num_boxes: int, num_predicates: int, *, offset: int, path: Path, where: str
 ) -> npt.NDArray[np.int64]:
-    """``rels`` as an ``[R, 3]`` array with the predicate shifted by ``-offset``; errors name ``where``."""
+    """``rels`` as an ``[R, 3]`` int64 array with the predicate shifted by ``-offset``.
+
+    Raises ``AnnotationError`` (naming ``path`` and ``where``) when ``rels`` is not a list of
+    ``[s, o, p]`` triples, an entry is not a finite integer, a subject or object is outside
+    ``[0, num_boxes)``, or a predicate is outside ``[offset, num_predicates + offset - 1]``.
+    """
     try:
         array = np.asarray(rels if rels is not None else [], dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError) as exc:

@@ -14,6 +14,8 @@ def collate(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, Tensor, lis
     """``(pixel_values [B, 3, Hmax, Wmax], pixel_mask long [B, Hmax, Wmax], targets)``.
 
     ``pixel_mask`` is 1 on real pixels and 0 on padding; targets are passed through unchanged.
+    Raises ``ValueError`` when ``batch`` is empty or the images are not all ``[C, H, W]`` with
+    the same ``C``.
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")

@@ -48,7 +48,11 @@ def predicate_statistics(
 
     Counts come from the parsed records — after Open Images' training filters (boxes > 200
     dropped, identical triplets de-duplicated) but before the per-load one-predicate-per-pair
-    draw — and no image is read. Sizes default to the data set's.
+    draw — and no image is read. Sizes default to the data set's. Returns the
+    :class:`PredicateStatistics` of the ``[C+1, C+1, P]`` triplet counts.
+
+    Raises ``ValueError`` when ``source`` is an iterable of records and ``num_classes`` or
+    ``num_predicates`` is not given.
     """
     if isinstance(source, SceneGraphDataset):
         num_classes = source.num_classes if num_classes is None else num_classes

@@ -107,11 +107,16 @@ class ResizeShorterSide(v2.Transform):  # type: ignore[misc]
         self.max_size = max_size
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """``{"size": [new_h, new_w]}`` for the image among ``flat_inputs``.
+
+        Raises ``TypeError`` when ``flat_inputs`` holds no ``tv_tensors.Image``.
+        """
         height, width = _image_size(flat_inputs)
         new_w, new_h = resized_size(width, height, self.min_size, self.max_size)
         return {"size": [new_h, new_w]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """``inpt`` (image, boxes, ...) resized to ``params["size"]`` (antialiased)."""
         return TF.resize(inpt, params["size"], antialias=True)
 
 
@@ -124,6 +129,10 @@ class RandomSizeCrop(v2.Transform):  # type: ignore[misc]
         self.max_size = max_size
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """A random crop ``{"top", "left", "height", "width"}`` inside the image's bounds.
+
+        Raises ``TypeError`` when ``flat_inputs`` holds no ``tv_tensors.Image``.
+        """
         height, width = _image_size(flat_inputs)
         crop_w = _randint(min(self.min_size, width, self.max_size), min(width, self.max_size))
         crop_h = _randint(min(self.min_size, height, self.max_size), min(height, self.max_size))
@@ -132,6 +141,7 @@ class RandomSizeCrop(v2.Transform):  # type: ignore[misc]
         return {"top": top, "left": left, "height": crop_h, "width": crop_w}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """``inpt`` (image, boxes, ...) cropped to the window in ``params``."""
         return TF.crop(inpt, params["top"], params["left"], params["height"], params["width"])
 
 

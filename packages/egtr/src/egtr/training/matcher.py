@@ -96,7 +96,12 @@ class HungarianMatcher:
     def match_one(
         self, logits: Tensor, boxes: Tensor, labels: Tensor, target_boxes: Tensor
     ) -> Match:
-        """Match one image (``logits [N, C]``, ``boxes [N, 4]``; ``labels [M]``, ``target_boxes [M, 4]``)."""
+        """Match one image (``logits [N, C]``, ``boxes [N, 4]``; ``labels [M]``, ``target_boxes [M, 4]``).
+
+        Returns the optimal one-to-one :class:`Match` (query indices, target indices, costs);
+        empty when the image has no targets. Raises ``ValueError`` when the cost matrix has
+        NaN or infinite entries (diverged predictions or invalid ground-truth boxes).
+        """
         device = logits.device
         if labels.numel() == 0:
             empty = torch.zeros(0, dtype=torch.long, device=device)

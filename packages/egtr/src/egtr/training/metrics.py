@@ -46,6 +46,7 @@ class MetricsLog:
                     self._writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def close(self) -> None:
+        """Close the log file (and the TensorBoard writer, when one is open)."""
         self._file.close()
         if self._writer is not None:
             self._writer.close()

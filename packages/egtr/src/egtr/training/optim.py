@@ -51,7 +51,10 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`parameter_groups` (weight decay on every parameter, as the reference)."""
+    """AdamW over :func:`parameter_groups` (weight decay on every parameter, as the reference).
+
+    Raises ``ValueError`` when the model has no trainable parameters.
+    """
     groups = parameter_groups(model, config)
     if not groups:
         raise ValueError("the model has no trainable parameters")
@@ -77,13 +80,16 @@ class PhaseSchedule:
         self.apply()
 
     def apply(self) -> None:
+        """Set every group's learning rate to its ``base_lr`` times the current factor."""
         for group in self.optimizer.param_groups:
             group["lr"] = group.get("base_lr", group["lr"]) * self.factor
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"factor": ...}``, the schedule's state for a checkpoint."""
         return {"factor": self.factor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the factor from a :meth:`state_dict` and apply it to the groups."""
         self.factor = float(state["factor"])
         self.apply()
 

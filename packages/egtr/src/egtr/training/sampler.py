@@ -61,12 +61,15 @@ class GlobalBatchSampler(Sampler[list[SampleKey]]):
 
     @property
     def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (the last one padded by wrapping around)."""
         return math.ceil(self.num_samples / self.global_batch)
 
     def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s permutation (seed ``seed + epoch``) from the next iteration on."""
         self.epoch = epoch
 
     def set_start(self, step: int) -> None:
+        """Skip the epoch's first ``step`` optimizer steps (to resume mid-epoch)."""
         self.start = step
 
     def order(self) -> list[int]:

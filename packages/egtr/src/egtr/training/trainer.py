@@ -273,6 +273,8 @@ class Trainer:
         """Mean validation loss per image (and its components), over all processes.
 
         The relation BCE covers every entry here (no sampling), as the reference's validation loss.
+        Returns ``{"loss": ..., <component>: ...}``. Raises ``ValueError`` when the trainer has
+        no validation data set.
         """
         if self.val_data is None:
             raise ValueError("no validation data set")
