@@ -97,5 +97,13 @@ def test_truncated_tokens_mark_words_incomplete(tokenizer: ClipTokenizer) -> Non
 def test_is_punctuation() -> None:
     assert is_punctuation(".")
     assert is_punctuation('..."')
+    assert is_punctuation("«…»")
+    assert is_punctuation("_")
     assert not is_punctuation("T-shirt")
     assert not is_punctuation("3")
+    assert not is_punctuation("")
+
+
+@pytest.mark.parametrize("word", ["🐱", "🐱🐶", "❤️", "$", "+", "©", "°", "🐱!"])
+def test_symbols_and_emoji_are_words(word: str) -> None:
+    assert not is_punctuation(word)

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from clip4dm import CLIP4DM
-from clip4dm.batch import BatchSummary, PairsError, run_pairs
+from clip4dm.batch import BatchSummary, PairsError, manifest_path, run_pairs
 from clip4dm.cli import main
+from vl_core.files import OutputExistsError, ResultsFileError
 
 
 def _write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
@@ -26,7 +27,7 @@ def _write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Pat
 def _rows(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     assert text == "" or text.endswith("\n"), "every row must end with a newline"
-    return [json.loads(line) for line in text.splitlines()]
+    return [json.loads(line) for line in text.split("\n") if line]  # not splitlines(): U+2028
 
 
 def _assert_same_detection(row: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -86,8 +87,10 @@ def test_pairs_cli_writes_results_and_error_rows(
 ) -> None:
     out = pairs_file.parent / "results.jsonl"
     argv = ["detect", "--pairs", str(pairs_file), "--out", str(out), "--model", f"hf:{tiny_hf_dir}"]
-    assert main([*argv, "--batch-size", "2", "--no-progress"]) == 0
-    assert "3 done, 0 skipped, 5 errors" in capsys.readouterr().out
+    assert main([*argv, "--batch-size", "2", "--quiet"]) == 1  # finished, with error rows
+    captured = capsys.readouterr()
+    assert "3 done, 0 skipped, 5 errors" in captured.out
+    assert "5 pair(s) could not be scored" in captured.err
     rows = _rows(out)
     by_id = {row["id"]: row for row in rows}
     assert len(by_id) == len(rows) == 8
@@ -263,6 +266,25 @@ def test_failing_batch_falls_back_to_single_pairs(tmp_path: Path) -> None:
     assert [rows[i]["caption"] for i in (1, 3, 4, 5)] == ["one", "three", "four", "five"]
 
 
+class _InterruptOnce(_FlakyDetector):
+    """Interrupts (Ctrl-C) the first batch holding "stop"; the text is fine afterwards."""
+
+    interrupted = False
+
+    def detect_batch(
+        self,
+        images: Sequence[Image.Image],
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> list[_Result]:
+        if any("stop" in t for t in texts) and not _InterruptOnce.interrupted:
+            _InterruptOnce.interrupted = True
+            raise KeyboardInterrupt
+        return [_Result(t) for t in texts]
+
+
 def test_interrupted_run_keeps_finished_rows_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,16 +294,20 @@ def test_interrupted_run_keeps_finished_rows_and_resumes(
         run_pairs(pairs, out, _FlakyDetector(), batch_size=2, progress=False)
     assert [r["id"] for r in _rows(out)] == [1, 2]
 
-    # Through the CLI, an interrupt is reported in one line (exit 130), not a traceback.
+    # Through the CLI, an interrupt is reported without a traceback (exit 130), with the command
+    # that resumes the run; rerunning it finishes the run.
     import clip4dm.cli as cli
 
-    monkeypatch.setattr(cli, "_build_detector", lambda args: _FlakyDetector())
-    assert main(["detect", "--pairs", str(pairs), "--out", str(out), "--no-progress"]) == 130
-    assert "rerun the same command to resume" in capsys.readouterr().err
-
-    pairs.write_text(pairs.read_text().replace("three stop", "three"))
-    summary = run_pairs(pairs, out, _FlakyDetector(), batch_size=2, progress=False)
-    assert (summary.done, summary.skipped) == (2, 2)
+    monkeypatch.setattr(_InterruptOnce, "interrupted", False)
+    monkeypatch.setattr(cli, "_build_detector", lambda args: _InterruptOnce())
+    out = tmp_path / "cli.jsonl"
+    argv = ["detect", "--pairs", str(pairs), "--out", str(out), "--batch-size", "2", "--quiet"]
+    assert main(argv) == 130
+    assert [r["id"] for r in _rows(out)] == [1, 2]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"resume with: clip4dm detect --pairs {pairs} --out {out} --batch-size 2 --quiet" in err
+    assert main(argv) == 0
     assert sorted(r["id"] for r in _rows(out)) == [1, 2, 3, 4]
 
 
@@ -291,6 +317,7 @@ def test_missing_pairs_file_is_a_clear_error(
     with pytest.raises(PairsError, match="not found"):
         run_pairs(tmp_path / "nope.jsonl", tmp_path / "out.jsonl", _FlakyDetector())
     code = main(["detect", "--pairs", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o.run.json").exists()
     assert code == 2
     err = capsys.readouterr().err
     assert "not found" in err
@@ -308,9 +335,156 @@ def test_unavailable_model_fails_cleanly_without_output(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pairs = _simple_pairs(tmp_path, ["a cat"])
     out = tmp_path / "results.jsonl"
-    argv = ["detect", "--pairs", str(pairs), "--out", str(out), "--no-progress"]
+    argv = ["detect", "--pairs", str(pairs), "--out", str(out), "--quiet"]
     assert main(argv) == 2  # the default hub model cannot be had offline
     err = capsys.readouterr().err
     assert "cannot load model" in err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+# -- nothing lost: foreign outputs, changed inputs, undecodable lines, exit codes -----------------
+
+
+def _cli(pairs: Path, out: Path, *extra: str) -> list[str]:
+    return ["detect", "--pairs", str(pairs), "--out", str(out), "--quiet", *extra]
+
+
+def test_an_unrelated_output_file_is_never_rewritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clip4dm.cli as cli
+
+    monkeypatch.setattr(cli, "_build_detector", lambda args: _FlakyDetector())
+    pairs = _simple_pairs(tmp_path, ["one", "two"])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\nnot results at all\n")
+    assert main(_cli(pairs, notes)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "is not a results file of this command" in err
+    assert "--overwrite" in err
+    assert notes.read_text() == "my notes\nnot results at all\n"
+    assert not manifest_path(notes).exists()
+    with pytest.raises(OutputExistsError):
+        run_pairs(pairs, notes, _FlakyDetector(), progress=False)
+
+    assert main([*_cli(pairs, notes), "--overwrite"]) == 0  # asked for: start over
+    assert [r["caption"] for r in _rows(notes)] == ["one", "two"]
+
+
+def test_the_pairs_file_is_never_the_output(tmp_path: Path) -> None:
+    pairs = _simple_pairs(tmp_path, ["one"])
+    before = pairs.read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="never writes over its inputs"):
+            run_pairs(pairs, pairs, _FlakyDetector(), progress=False, overwrite=overwrite)
+    assert pairs.read_bytes() == before
+
+
+def test_resume_over_a_changed_pairs_file_or_settings_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clip4dm.cli as cli
+
+    monkeypatch.setattr(cli, "_build_detector", lambda args: _FlakyDetector())
+    pairs = _simple_pairs(tmp_path, ["one", "two"])
+    out = tmp_path / "results.jsonl"
+    assert main(_cli(pairs, out)) == 0
+    record = json.loads(manifest_path(out).read_text())
+    assert record["pairs"]["size"] == pairs.stat().st_size
+    assert (record["mode"], record["epsilon"], record["layers"]) == ("threshold", -5e-5, 3)
+    before = out.read_bytes()
+
+    # Same path, other contents: the old rows would be kept as done.
+    pairs.write_text(pairs.read_text().replace("one", "uno"))
+    assert main(_cli(pairs, out)) == 2
+    err = capsys.readouterr().err
+    assert "made from other inputs or settings (pairs:" in err
+    assert out.read_bytes() == before
+    # Other settings.
+    pairs.write_text(pairs.read_text().replace("uno", "one"))
+    assert main([*_cli(pairs, out), "--epsilon", "-1e-4"]) == 2
+    assert "epsilon: -5e-05 -> -0.0001" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(_cli(pairs, out)) == 0  # the same inputs and settings resume
+    assert "0 done, 2 skipped" in capsys.readouterr().out
+
+    pairs.write_text(pairs.read_text().replace("one", "uno"))
+    assert main([*_cli(pairs, out), "--overwrite"]) == 0  # start over
+    assert [r["caption"] for r in _rows(out)] == ["uno", "two"]
+    with pytest.raises(ResultsFileError, match="model"):
+        run_pairs(pairs, out, _FlakyDetector(), settings={"model": "other"}, progress=False)
+
+
+def test_a_run_that_failed_before_any_row_does_not_pin_its_settings(tmp_path: Path) -> None:
+    pairs = _simple_pairs(tmp_path, ["one"])
+    out = tmp_path / "results.jsonl"
+
+    def broken() -> _FlakyDetector:
+        raise OSError("no such model")
+
+    with pytest.raises(OSError, match="no such model"):
+        run_pairs(pairs, out, broken, settings={"model": "typo"}, progress=False)
+    assert not out.exists()
+    summary = run_pairs(pairs, out, _FlakyDetector(), settings={"model": "right"}, progress=False)
+    assert summary.done == 1
+    assert json.loads(manifest_path(out).read_text())["model"] == "right"
+
+
+def test_undecodable_bytes_and_a_byte_order_mark(tmp_path: Path) -> None:
+    _write_image(tmp_path / "p.png", 5, (8, 8))
+    lines = [
+        json.dumps({"image": "p.png", "text": "first"}).encode(),
+        b'{"image": "p.png", "text": "caf\xe9 latte"}',  # Latin-1, not UTF-8
+        json.dumps({"image": "p.png", "text": "third \u2028 line"}, ensure_ascii=False).encode(),
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+    out = tmp_path / "results.jsonl"
+    summary = run_pairs(pairs, out, _FlakyDetector(), progress=False)
+    assert (summary.done, summary.errors) == (2, 1)
+    rows = {r["id"]: r for r in _rows(out)}
+    assert rows[1] == {"id": 1, "image": str(tmp_path / "p.png"), "caption": "first"}
+    assert rows[2] == {
+        "id": 2,
+        "line": 2,
+        "error": "not UTF-8 text (byte 0xe9 at column 32)",
+    }
+    assert rows[3]["caption"] == "third \u2028 line"
+
+
+def test_exit_status_counts_error_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clip4dm.cli as cli
+
+    monkeypatch.setattr(cli, "_build_detector", lambda args: _FlakyDetector())
+    pairs = _simple_pairs(tmp_path, ["one", "two boom", "three"])
+    out = tmp_path / "results.jsonl"
+    assert main(_cli(pairs, out)) == 1
+    captured = capsys.readouterr()
+    assert "2 done, 0 skipped, 1 errors" in captured.out
+    assert "1 pair(s) could not be scored" in captured.err
+    good = _simple_pairs(tmp_path / "good", ["one", "three"])
+    assert main(_cli(good, tmp_path / "good.jsonl")) == 0
+    assert "could not be scored" not in capsys.readouterr().err
+
+
+def test_no_progress_is_a_deprecated_alias_of_quiet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clip4dm.cli as cli
+
+    seen: list[bool] = []
+
+    def detector(args: Any) -> _FlakyDetector:
+        seen.append(args.quiet)
+        return _FlakyDetector()
+
+    monkeypatch.setattr(cli, "_build_detector", detector)
+    pairs = _simple_pairs(tmp_path, ["one"])
+    argv = ["detect", "--pairs", str(pairs), "--out", str(tmp_path / "r.jsonl"), "--no-progress"]
+    assert main(argv) == 0
+    assert seen == [True]
+    assert "--no-progress is deprecated" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -160,3 +161,196 @@ def test_detect_lists_unscored_words_of_a_long_caption(
     assert rows
     assert [row[1] for row in rows] == words[-len(rows) :]
     assert f"{len(rows)} word(s) at the end were not scored" in out
+
+
+# -- one surface ----------------------------------------------------------------------------------
+
+
+def test_help_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import contextlib, io, sys\n"
+        "from clip4dm.cli import build_parser, main\n"
+        "build_parser().format_help()\n"
+        "for argv in (['--help'], ['detect', '--help'], ['visualize', '--help'], "
+        "['eval', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit as exc:\n"
+        "            assert exc.code == 0, argv\n"
+        "    assert 'usage' in out.getvalue(), argv\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'open_clip', 'PIL') "
+        "if m in sys.modules)\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "none"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["detect", "IMG", "a cat", "--epsilon", "nan"], "expected a finite number, got 'nan'"),
+        (["detect", "IMG", "a cat", "--epsilon", "-inf"], "expected a finite number"),
+        (["detect", "IMG", "a cat", "--layers", "0"], "expected a positive integer"),
+        (["detect", "--pairs", "p.jsonl", "--out", "o", "--batch-size", "0"], "positive integer"),
+        (["detect", "IMG", "a cat", "--dtype", "float8"], "invalid choice: 'float8'"),
+        (["detect", "IMG", "a cat", "--device", "gpu"], "expected auto, cpu"),
+        (["detect", "IMG", "a cat", "--mode", "lowest"], "invalid choice: 'lowest'"),
+        (["eval", "foil", "--data", "d", "--out", "o", "--epsilon", "nan"], "finite number"),
+    ],
+)
+def test_bad_arguments_are_one_line_usage_errors(
+    argv: list[str], message: str, image_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(image_file) if a == "IMG" else a for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"clip4dm {argv[0]}: error: ")
+    assert message in err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, tiny_hf_dir: Path) -> None:
+    from vl_core.cli import UsageError
+
+    argv = ["detect", str(tmp_path / "nope.jpg"), "a cat", "--model", f"hf:{tiny_hf_dir}"]
+    assert main(argv) == 2
+    with pytest.raises(UsageError, match="no such file"):
+        main([*argv, "--debug"])
+
+
+# -- the word table -------------------------------------------------------------------------------
+
+
+def _display_columns(text: str) -> int:
+    """Terminal columns of ``text``: wide (CJK, emoji) characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def test_table_aligns_wide_characters() -> None:
+    from clip4dm import Detection, WordScore
+    from clip4dm.cli import format_table
+
+    words = [("猫がいる", -2e-4), ("a", 1e-4), ("🐱", -1e-4), ("cat", 3e-5)]
+    scored = [WordScore(w, i, s) for i, (w, s) in enumerate(words)]
+    table = format_table(
+        Detection(
+            caption="猫がいる a 🐱 cat",
+            words=scored,
+            misaligned=[scored[0]],
+            negative_sum=-2e-4,
+            cosine=0.2,
+            clip_score=0.5,
+            f_clip_score=-1.6e-4,
+            mode="threshold",
+        )
+    )
+    rows = table.splitlines()[:5]  # the header and the four words
+    ends = set()
+    for row, (word, score) in zip(rows, [("word", 0.0), *words], strict=True):
+        text = "score" if word == "word" else f"{score:+.3e}"
+        assert word in row
+        ends.add(_display_columns(row[: row.index(text) + len(text)]))
+    assert len(ends) == 1, table  # every score ends in the same display column
+
+
+# -- models: strict weights, the wrong kind, downloads ---------------------------------------------
+
+
+def test_a_clip_with_missing_weights_is_refused(
+    tmp_path: Path, tiny_hf_dir: Path, image_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_hf_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["text_projection.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    assert main(["detect", str(image_file), "a cat", "--model", f"hf:{broken}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("clip4dm detect: error: the weights of hf:")
+    assert "1 missing (text_projection.weight)" in captured.err
+
+    extra = load_file(tiny_hf_dir / "model.safetensors")
+    extra.update({f"spare.{i}": extra["logit_scale"].clone() for i in range(6)})
+    save_file(extra, broken / "model.safetensors", metadata={"format": "pt"})
+    assert main(["detect", str(image_file), "a cat", "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "6 unexpected (spare.0, spare.1, spare.2, spare.3 and 2 more)" in err
+
+
+def test_an_egtr_model_is_not_taken_for_a_clip(
+    image_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    egtr = Path(__file__).resolve().parents[3] / "shared" / "models" / "egtr-shapes"
+    assert (egtr / "config.json").is_file()
+    assert main(["detect", str(image_file), "a cat", "--model", str(egtr)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "is not a CLIP model (its config.json says model_type 'egtr')" in captured.err
+
+
+def _fake_hub_cache(cache: Path, repo: str, files: list[str]) -> None:
+    """The layout huggingface_hub gives a downloaded repository (one snapshot)."""
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("0123abcd")
+    for name in files:
+        (snapshot / name).write_text("{}")
+
+
+def test_a_first_download_is_announced(
+    tmp_path: Path,
+    image_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import huggingface_hub.constants
+
+    import clip4dm.detector as detector_module
+    from vl_core.hub import ModelNotAvailableError
+
+    def no_network(name: str, **kwargs: Any) -> Any:
+        raise ModelNotAvailableError(name, "no network in tests", "")
+
+    monkeypatch.setattr(detector_module, "load_clip", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    notice = (
+        "clip4dm: downloading openai/clip-vit-base-patch32 (about 605 MB) from the Hugging Face "
+        "Hub; set HF_HUB_OFFLINE=1 or pass --model DIR to use local files"
+    )
+    assert main(["detect", str(image_file), "a cat"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == notice
+    assert err[1].startswith("clip4dm detect: error: cannot load model")
+
+    # Already in the local cache: nothing to announce. Offline: nothing is downloaded.
+    _fake_hub_cache(cache, "openai/clip-vit-base-patch32", ["config.json", "model.safetensors"])
+    assert main(["detect", str(image_file), "a cat"]) == 2
+    assert "downloading" not in capsys.readouterr().err
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["detect", str(image_file), "a cat"]) == 2
+    assert "downloading" not in capsys.readouterr().err

@@ -242,3 +242,63 @@ def test_to_dict_is_json_ready(backbone: ClipBackbone, images: list[Image.Image]
         "f_clip_score",
         "truncated",
     }
+
+
+@pytest.mark.parametrize("template", ["A photo depicts ", ""])
+def test_word_spans_are_offsets_in_the_caption_as_given(
+    backbone: ClipBackbone, images: list[Image.Image], template: str
+) -> None:
+    detector = CLIP4DM(backbone, template=template)
+    for caption in [*CAPTIONS, '  "spaced"  out…  🐱cat ']:
+        result = detector.detect(images[0], caption)
+        assert result.words
+        for word in result.words:
+            assert word.start is not None
+            assert word.end is not None
+            assert caption[word.start : word.end] == word.word
+
+
+def test_from_dict_inverts_to_dict(backbone: ClipBackbone, images: list[Image.Image]) -> None:
+    import json
+
+    long = " ".join(f"word{i}" for i in range(60))
+    detections = [
+        CLIP4DM(backbone, mode="threshold", epsilon=0.0).detect(images[0], CAPTIONS[0]),
+        CLIP4DM(backbone, mode="most_negative").detect(images[1], CAPTIONS[2]),
+        CLIP4DM(backbone).detect(images[2], long, references=["a dog", "two cats"]),
+    ]
+    assert detections[0].misaligned  # epsilon 0 selects the negative words
+    assert detections[2].truncated
+    assert detections[2].ref_clip_score is not None
+    for detection in detections:
+        assert Detection.from_dict(detection.to_dict()) == detection
+        as_json = json.loads(json.dumps(detection.to_dict()))
+        assert Detection.from_dict({"id": 7, "image": "x.png", **as_json}) == detection
+
+
+def test_from_dict_rejects_what_is_not_a_detection() -> None:
+    good = {
+        "caption": "a cat",
+        "words": [{"word": "a", "index": 0, "score": 0.1, "start": 0, "end": 1}],
+        "misaligned": [],
+        "negative_sum": 0.0,
+        "cosine": 0.2,
+        "clip_score": 0.5,
+        "f_clip_score": 0.0,
+        "mode": "threshold",
+    }
+    assert Detection.from_dict(good).words[0].end == 1
+    for key, value in [
+        ("mode", "bogus"),
+        ("cosine", "high"),
+        ("cosine", True),
+        ("words", "a cat"),
+        ("truncated", "yes"),
+        ("unscored_words", [1]),
+    ]:
+        with pytest.raises(ValueError, match=key if key != "words" else "words"):
+            Detection.from_dict({**good, key: value})
+    with pytest.raises(ValueError, match="caption"):
+        Detection.from_dict({k: v for k, v in good.items() if k != "caption"})
+    with pytest.raises(ValueError, match="index"):
+        Detection.from_dict({**good, "words": [{"word": "a", "score": 0.1}]})

@@ -18,11 +18,14 @@ from clip4dm.eval import (
     BadRecord,
     DataError,
     DataSource,
+    EvalConfig,
+    EvalError,
     GroundTruth,
     Sample,
     available_benchmarks,
     average_precision,
     get_benchmark,
+    run_eval,
 )
 from clip4dm.eval.cli import add_eval_parser, main
 from clip4dm.eval.richhf import load_richhf
@@ -391,7 +394,11 @@ def test_hat_loader(tmp_path: Path) -> None:
     records = get_benchmark("hat").load(DataSource(str(data), images))
     assert [r.id for r in records] == ["hat-1", "hat-2", "3", "hat-4", "hat-1#2"]
     samples = _samples(records)
-    assert samples["hat-1"].ground_truth == GroundTruth(aligned=False, words=("red", "horse"))
+    assert samples["hat-1"].ground_truth == GroundTruth(
+        aligned=False,
+        words=("red", "horse"),
+        positions=(4, 5),  # "horse." = "horse", "."
+    )
     assert samples["hat-2"].ground_truth == GroundTruth(aligned=True)
     assert samples["3"].ground_truth.words == ("cat",)
     assert samples["hat-1"].references == ("A man riding a brown horse.",)
@@ -478,7 +485,7 @@ def test_richhf_tfrecord_loader(tmp_path: Path) -> None:
     first = samples["pickapic/abc123.png"]
     assert first.caption == "A red cat, on a blue sofa!"
     assert first.ground_truth == GroundTruth(aligned=False, tokens=((1, "red"), (5, "blue")))
-    assert first.score == 2.5
+    assert first.human_score == 2.5
     assert first.image == images / "abc123.png"
     assert samples["def456.png"].ground_truth.aligned
     assert _errors(records) == {
@@ -510,7 +517,7 @@ def test_richhf_jsonl_export_loader(tmp_path: Path) -> None:
     sample = _samples(records)["a.png"]
     assert sample.ground_truth.tokens == ((0, "Green"),)
     assert sample.image == tmp_path / "img" / "a.png"
-    assert sample.score == 3.0
+    assert sample.human_score == 3.0
     assert _errors(records) == {
         "b.png": "richhf.jsonl: line 2: 'misalignment_score' must be a number, got 'high'"
     }
@@ -569,7 +576,7 @@ def _result(out: Path) -> dict[str, Any]:
 
 
 def _run(argv: list[str], model_dir: Path) -> int:
-    return main([*argv, "--model", f"hf:{model_dir}", "--device", "cpu", "--no-progress"])
+    return main([*argv, "--model", f"hf:{model_dir}", "--device", "cpu", "--quiet"])
 
 
 def _check_common(result: dict[str, Any], rows: list[dict[str, Any]], positive: str) -> None:
@@ -612,7 +619,7 @@ def test_eval_foil_end_to_end(tmp_path: Path, tiny_hf_dir: Path) -> None:
             "foil",
             "--data",
             str(data),
-            "--images",
+            "--images-root",
             str(images),
             "--references",
             str(refs),
@@ -624,10 +631,10 @@ def test_eval_foil_end_to_end(tmp_path: Path, tiny_hf_dir: Path) -> None:
             "cpu",
             "--batch-size",
             "3",
-            "--no-progress",
+            "--quiet",
         ]
     )
-    assert args.func(args) == 0
+    assert args.func(args) == 1  # finished, with error rows
     rows, result = _rows(out), _result(out)
     assert [r["id"] for r in rows] == [str(i) for i in range(10)]
     assert result["counts"] == {"samples": 10, "scored": 5, "errors": 5, "missing": 0}
@@ -661,9 +668,10 @@ def test_eval_nocaps_per_domain(tmp_path: Path, tiny_hf_dir: Path, reuse_models:
     out = tmp_path / "out"
     assert (
         _run(
-            ["nocaps", "--data", str(data), "--images", str(images), "--out", str(out)], tiny_hf_dir
+            ["nocaps", "--data", str(data), "--images-root", str(images), "--out", str(out)],
+            tiny_hf_dir,
         )
-        == 0
+        == 1  # 2 error rows
     )
     rows, result = _rows(out), _result(out)
     _check_common(result, rows, "aligned")
@@ -686,7 +694,7 @@ def test_eval_hat_phrases(tmp_path: Path, tiny_hf_dir: Path, reuse_models: None)
         "hat",
         "--data",
         str(data),
-        "--images",
+        "--images-root",
         str(images),
         "--out",
         str(out),
@@ -694,7 +702,7 @@ def test_eval_hat_phrases(tmp_path: Path, tiny_hf_dir: Path, reuse_models: None)
         "-1e-9",
         "--no-references",
     ]
-    assert _run(argv, tiny_hf_dir) == 0
+    assert _run(argv, tiny_hf_dir) == 1  # 2 error rows
     rows, result = _rows(out), _result(out)
     _check_common(result, rows, "misaligned")
     assert result["config"]["epsilon"] == -1e-9
@@ -716,11 +724,11 @@ def test_limit_evaluates_the_first_samples(
 ) -> None:
     data, images = write_nocaps(tmp_path / "data")
     out = tmp_path / "out"
-    argv = ["nocaps", "--data", str(data), "--images", str(images), "--out", str(out)]
+    argv = ["nocaps", "--data", str(data), "--images-root", str(images), "--out", str(out)]
     assert _run([*argv, "--limit", "3"], tiny_hf_dir) == 0
     assert [r["id"] for r in _rows(out)] == ["0/foil", "0/baseline", "1/foil"]
     assert _result(out)["counts"]["samples"] == 3
-    assert _run(argv, tiny_hf_dir) == 0  # the rest, later
+    assert _run(argv, tiny_hf_dir) == 1  # the rest, later (with 2 error rows)
     assert len(_rows(out)) == 8
     assert _result(out)["config"]["limit"] is None
 
@@ -732,9 +740,10 @@ def test_eval_richhf_tokens_and_correlations(
     out = tmp_path / "out"
     assert (
         _run(
-            ["richhf", "--data", str(data), "--images", str(images), "--out", str(out)], tiny_hf_dir
+            ["richhf", "--data", str(data), "--images-root", str(images), "--out", str(out)],
+            tiny_hf_dir,
         )
-        == 0
+        == 1  # 4 error rows
     )
     rows, result = _rows(out), _result(out)
     _check_common(result, rows, "misaligned")
@@ -743,7 +752,7 @@ def test_eval_richhf_tokens_and_correlations(
     for key in ("tp", "fp", "fn"):
         assert metrics[key] == sum(r[key] for r in good)
     assert {"precision", "recall", "f1", "pearson", "spearman"} <= set(metrics)
-    assert [r["gt_score"] for r in good] == [2.5, 4.0]
+    assert [r["human_score"] for r in good] == [2.5, 4.0]
     assert result["counts"] == {"samples": 6, "scored": 2, "errors": 4, "missing": 0}
 
 
@@ -753,10 +762,10 @@ def test_cli_errors_are_one_line(
     data, images, refs = write_foil(tmp_path / "data")
     out = str(tmp_path / "out")
     cases = [
-        (["foil", "--data", str(tmp_path / "nope.json"), "--images", str(images), "--out", out], "not found"),
+        (["foil", "--data", str(tmp_path / "nope.json"), "--images-root", str(images), "--out", out], "not found"),
         (["coco", "--data", str(data), "--out", out], "unknown benchmark 'coco'"),
-        (["foil", "--data", str(data), "--out", out], "foil needs --images DIR"),
-        (["hat", "--data", str(data), "--images", str(images), "--references", str(refs), "--out", out],
+        (["foil", "--data", str(data), "--out", out], "foil needs --images-root DIR"),
+        (["hat", "--data", str(data), "--images-root", str(images), "--references", str(refs), "--out", out],
          "--references (COCO captions) is for foil"),
     ]  # fmt: skip
     for argv, message in cases:
@@ -764,7 +773,7 @@ def test_cli_errors_are_one_line(
         err = capsys.readouterr().err
         assert message in err
         assert "Traceback" not in err
-    argv = ["foil", "--data", str(data), "--images", str(images), "--out", out, "--no-progress"]
+    argv = ["foil", "--data", str(data), "--images-root", str(images), "--out", out, "--quiet"]
     assert main([*argv, "--model", "hf:openai/clip-vit-base-patch32"]) == 2  # offline here
     assert "cannot load model" in capsys.readouterr().err
 
@@ -774,13 +783,13 @@ def test_resume_retries_errors_repairs_torn_rows_and_checks_settings(
 ) -> None:
     data, images, _ = write_foil(tmp_path / "data")
     out = tmp_path / "out"
-    argv = ["foil", "--data", str(data), "--images", str(images), "--out", str(out)]
-    assert _run(argv, tiny_hf_dir) == 0
+    argv = ["foil", "--data", str(data), "--images-root", str(images), "--out", str(out)]
+    assert _run(argv, tiny_hf_dir) == 1  # 5 error rows
     before = {r["id"]: r for r in _rows(out)}
     capsys.readouterr()
 
     _image(images / coco_name(4), 4)  # the missing image appears
-    assert _run(argv, tiny_hf_dir) == 0
+    assert _run(argv, tiny_hf_dir) == 1  # 4 error rows are left
     captured = capsys.readouterr()
     assert "retrying 5 error row(s)" in captured.err
     assert "5 computed now, 5 already done" in captured.out
@@ -795,13 +804,13 @@ def test_resume_retries_errors_repairs_torn_rows_and_checks_settings(
     lines = text.splitlines()
     torn = lines[-1][: len(lines[-1]) // 2]
     (out / "samples.jsonl").write_text("\n".join(lines[:-1]) + "\n" + torn, encoding="utf-8")
-    assert _run(argv, tiny_hf_dir) == 0
+    assert _run(argv, tiny_hf_dir) == 1
     assert "truncated last line" in capsys.readouterr().err
     assert [r["id"] for r in _rows(out)] == [str(i) for i in range(10)]
 
     assert _run([*argv, "--epsilon", "-1e-4"], tiny_hf_dir) == 2
     err = capsys.readouterr().err
-    assert "holds a run with other settings (epsilon: -5e-05 -> -0.0001)" in err
+    assert "the output was made from other inputs or settings (epsilon: -5e-05 -> -0.0001" in err
 
 
 def test_interrupted_run_resumes(
@@ -815,7 +824,7 @@ def test_interrupted_run_resumes(
         "nocaps",
         "--data",
         str(data),
-        "--images",
+        "--images-root",
         str(images),
         "--out",
         str(out),
@@ -836,7 +845,7 @@ def test_interrupted_run_resumes(
     assert [r["id"] for r in _rows(out)] == ["0/foil", "0/baseline"]
     assert not (out / "result.json").exists()
     monkeypatch.setattr(Scorer, "score", original)
-    assert _run(argv, tiny_hf_dir) == 0
+    assert _run(argv, tiny_hf_dir) == 1
     assert len(_rows(out)) == 8
     assert _result(out)["counts"]["scored"] == 6
 
@@ -856,3 +865,102 @@ def test_run_eval_api_with_a_loaded_detector(tmp_path: Path, tiny_hf_dir: Path) 
     foil = EvalConfig("foil", str(data), str(tmp_path / "other"), images=str(images))
     with pytest.raises(EvalError, match="differ from the run's"):
         run_eval(foil, progress=False, detector=detector)  # FOIL is most_negative
+
+
+# -- nothing lost: changed inputs, foreign files, earlier versions' outputs -------------------------
+
+
+def _nocaps_argv(data: Path, images: Path, out: Path) -> list[str]:
+    return ["nocaps", "--data", str(data), "--images-root", str(images), "--out", str(out)]
+
+
+def test_resume_over_replaced_data_is_refused(
+    tmp_path: Path, tiny_hf_dir: Path, capsys: pytest.CaptureFixture[str], reuse_models: None
+) -> None:
+    data, images = write_nocaps(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = [*_nocaps_argv(data, images, out), "--limit", "3"]
+    assert _run(argv, tiny_hf_dir) == 0
+    before = (out / "samples.jsonl").read_bytes()
+    # Same path, other samples: resuming would keep the old rows as done and mix two data sets.
+    entries = json.loads(data.read_text())
+    entries[0]["foil"] = "A red boat on the road."
+    entries[0]["replacement"] = ["bus", "boat"]
+    data.write_text(json.dumps(entries))
+    capsys.readouterr()
+    assert _run(argv, tiny_hf_dir) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "made from other inputs or settings (data_fingerprint:" in err
+    assert "--overwrite" in err
+    assert (out / "samples.jsonl").read_bytes() == before
+
+    assert _run([*argv, "--overwrite"], tiny_hf_dir) == 0  # starts over on the new data
+    rows = _rows(out)
+    assert rows[0]["caption"] == "A red boat on the road."
+    assert rows[0]["ground_truth"]["words"] == ["boat"]
+    assert _result(out)["counts"] == {"samples": 3, "scored": 3, "errors": 0, "missing": 0}
+
+
+def test_foreign_files_in_the_output_directory_are_kept(
+    tmp_path: Path, tiny_hf_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, images = write_nocaps(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "samples.jsonl").write_text("my own notes\n")
+    assert _run(_nocaps_argv(data, images, out), tiny_hf_dir) == 2
+    assert "is not a results file of this command" in capsys.readouterr().err
+    assert (out / "samples.jsonl").read_text() == "my own notes\n"
+    (out / "samples.jsonl").unlink()
+    (out / "result.json").write_text('{"mine": true}')
+    assert _run(_nocaps_argv(data, images, out), tiny_hf_dir) == 2
+    assert "result.json' was not written by a clip4dm eval run" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text()) == {"mine": True}
+    assert not (out / "samples.jsonl").exists()
+    # The data file is never an output.
+    with pytest.raises(EvalError, match="never writes over its inputs"):
+        run_eval(EvalConfig("seetrue", str(tmp_path / "o" / "samples.jsonl"), str(tmp_path / "o")))
+
+
+def test_an_earlier_versions_run_resumes(
+    tmp_path: Path, tiny_hf_dir: Path, capsys: pytest.CaptureFixture[str], reuse_models: None
+) -> None:
+    data, images = write_richhf(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["richhf", "--data", str(data), "--images-root", str(images), "--out", str(out)]
+    assert _run(argv, tiny_hf_dir) == 1
+    result = _result(out)
+    # What an earlier version wrote: run.json {"config": ...} and rows with "gt_score".
+    (out / "run.json").write_text(json.dumps({"config": dict(result["config"])}))
+    rows = _rows(out)
+    legacy = [
+        {("gt_score" if k == "human_score" else k): v for k, v in row.items()} for row in rows
+    ]
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    (out / "result.json").unlink()
+    capsys.readouterr()
+    assert _run(argv, tiny_hf_dir) == 1
+    assert "4 computed now, 2 already done" in capsys.readouterr().out
+    again = _result(out)
+    assert again["metrics"] == result["metrics"]
+    assert [r.get("human_score") for r in _rows(out)] == [r.get("human_score") for r in rows]
+    from clip4dm.eval import Outcome
+    from clip4dm.rows import upgrade
+
+    good = next(r for r in legacy if "error" not in r)
+    assert Outcome.from_row(upgrade(good)).human_score == good["gt_score"] == 2.5
+    assert "gt_score" not in (out / "samples.jsonl").read_text()
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["data_fingerprint"]["size"] == data.stat().st_size
+
+
+def test_images_is_a_deprecated_spelling_of_images_root(
+    tmp_path: Path, tiny_hf_dir: Path, capsys: pytest.CaptureFixture[str], reuse_models: None
+) -> None:
+    data, images = write_nocaps(tmp_path / "data")
+    argv = ["nocaps", "--data", str(data), "--images", str(images), "--out", str(tmp_path / "o")]
+    assert _run([*argv, "--limit", "2"], tiny_hf_dir) == 0
+    captured = capsys.readouterr()
+    assert "--images is deprecated" in captured.err
+    assert "2 samples, 2 scored, 0 errors" in captured.out

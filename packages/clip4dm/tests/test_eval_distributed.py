@@ -72,7 +72,7 @@ def _common(data: Path, images: Path, model: Path) -> list[str]:
         "nocaps-foil",
         "--data",
         str(data),
-        "--images",
+        "--images-root",
         str(images),
         "--model",
         f"hf:{model}",
@@ -80,7 +80,7 @@ def _common(data: Path, images: Path, model: Path) -> list[str]:
         "cpu",
         "--batch-size",
         "2",
-        "--no-progress",
+        "--quiet",
     ]
 
 
@@ -102,7 +102,7 @@ def test_two_process_gloo_run_equals_one_process(tmp_path: Path, tiny_hf_dir: Pa
     """Two ``python -m clip4dm.eval`` workers, started as torchrun starts them, vs one process."""
     data, images = write_nocaps(tmp_path / "data")
     common = _common(data, images, tiny_hf_dir)
-    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    assert main([*common, "--out", str(tmp_path / "single")]) == 1  # 4 error rows
     command = [sys.executable, "-m", "clip4dm.eval", *common, "--out", str(tmp_path / "sharded")]
     port = _free_port()
     workers = [
@@ -121,8 +121,9 @@ def test_two_process_gloo_run_equals_one_process(tmp_path: Path, tiny_hf_dir: Pa
         for worker in workers:
             if worker.poll() is None:  # a rank that hangs waiting for a failed peer
                 worker.kill()
-    for worker, (_, err) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, err[-3000:]
+    # rank 0 reports the run: finished with error rows (exit 1); the other ranks exit 0
+    for worker, (_, err), status in zip(workers, outputs, (1, 0), strict=True):
+        assert worker.returncode == status, err[-3000:]
     assert "12 samples, 8 scored, 4 errors" in outputs[0][0]
     assert outputs[1][0] == ""  # only rank 0 reports
     _compare(tmp_path / "single", tmp_path / "sharded")
@@ -133,7 +134,7 @@ def test_torchrun_module_entry_point(tmp_path: Path, tiny_hf_dir: Path) -> None:
     """The documented launcher: torchrun --nproc-per-node 2 -m clip4dm.eval ..."""
     data, images = write_nocaps(tmp_path / "data")
     common = _common(data, images, tiny_hf_dir)
-    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    assert main([*common, "--out", str(tmp_path / "single")]) == 1  # 4 error rows
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -149,7 +150,7 @@ def test_torchrun_module_entry_point(tmp_path: Path, tiny_hf_dir: Path) -> None:
         str(tmp_path / "sharded"),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 1, done.stderr[-3000:]  # rank 0: finished with 4 error rows
     assert "clip4dm eval nocaps-foil: 12 samples, 8 scored, 4 errors" in done.stdout
     _compare(tmp_path / "single", tmp_path / "sharded")
 
@@ -163,7 +164,7 @@ def test_leftover_shards_are_folded_in_on_resume(
         "nocaps-foil",
         "--data",
         str(data),
-        "--images",
+        "--images-root",
         str(images),
         "--out",
         str(out),
@@ -171,9 +172,9 @@ def test_leftover_shards_are_folded_in_on_resume(
         f"hf:{tiny_hf_dir}",
         "--device",
         "cpu",
-        "--no-progress",
+        "--quiet",
     ]
-    assert main(argv) == 0
+    assert main(argv) == 1
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     # As if a sharded run was interrupted: rank 1 had written two rows (one marked) and a torn one.
     kept = [r for r in rows if r["id"] not in ("0/baseline", "1/foil", "3/foil")]
@@ -187,7 +188,7 @@ def test_leftover_shards_are_folded_in_on_resume(
         "".join(json.dumps(r) + "\n" for r in shard) + torn
     )
     capsys.readouterr()
-    assert main(argv) == 0
+    assert main(argv) == 1
     # the torn row and the 4 error rows (retried) are computed again, nothing else
     assert "5 computed now, 7 already done" in capsys.readouterr().out
     final = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]

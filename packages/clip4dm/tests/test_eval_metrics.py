@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from clip4dm.alignment import split_words
-from clip4dm.detector import DEFAULT_TEMPLATE
 from clip4dm.eval import (
     GroundTruth,
     Outcome,
@@ -246,7 +245,7 @@ def test_outcome_from_row() -> None:
 
 def _detection(caption: str, scores: Sequence[float], selected: Sequence[int]) -> Detection:
     words = [
-        WordScore(w.text, i, s)
+        WordScore(w.text, i, s, w.start, w.end)
         for i, (w, s) in enumerate(zip(split_words(caption), scores, strict=True))
     ]
     chosen = [words[i] for i in selected]
@@ -288,32 +287,32 @@ def test_judge_phrase_needs_the_phrase_among_the_hallucinated_words() -> None:
     # words: A red , blue car near two buses
     truth = GroundTruth(aligned=False, words=("red", "blue", "buses"))
     det = _detection(caption, [0, -3, 0, -1, 1, 0, 0, 0], [1, 3])
-    judged = judge_phrase(_sample(caption, truth), det, DEFAULT_TEMPLATE)
+    judged = judge_phrase(_sample(caption, truth), det)
     assert (judged.prediction, judged.correct) == ("red blue", True)
     det = _detection(caption, [0, 0, 0, 0, -1, 0, 0, 0], [4])
-    assert judge_phrase(_sample(caption, truth), det, DEFAULT_TEMPLATE).correct is False
+    assert judge_phrase(_sample(caption, truth), det).correct is False
     # a partial word is not a match ("bus" is not "buses")
     bus = _detection("a bus", [0, -1], [1])
-    assert judge_phrase(_sample("a bus", truth), bus, DEFAULT_TEMPLATE).correct is False
+    assert judge_phrase(_sample("a bus", truth), bus).correct is False
     nothing = _detection(caption, [0] * 8, [])
-    assert judge_phrase(_sample(caption, truth), nothing, DEFAULT_TEMPLATE).correct is False
-    aligned = judge_phrase(_sample(caption, GroundTruth(aligned=True)), det, DEFAULT_TEMPLATE)
+    assert judge_phrase(_sample(caption, truth), nothing).correct is False
+    aligned = judge_phrase(_sample(caption, GroundTruth(aligned=True)), det)
     assert (aligned.prediction, aligned.correct) == ("car", None)
 
 
 def test_judge_word_takes_the_lowest_selected_word_lowercased() -> None:
     det = _detection("A Dog on a sofa", [0, -2, -1, 0, 0], [2, 1])
     truth = GroundTruth(aligned=False, words=("dog",))
-    judged = judge_word(_sample("A Dog on a sofa", truth), det, DEFAULT_TEMPLATE)
+    judged = judge_word(_sample("A Dog on a sofa", truth), det)
     assert (judged.prediction, judged.correct) == ("dog", True)
-    wrong = judge_word(_sample("x", GroundTruth(aligned=False, words=("sofa",))), det, "")
+    wrong = judge_word(_sample("x", GroundTruth(aligned=False, words=("sofa",))), det)
     assert wrong.correct is False
-    assert judge_word(_sample("x", GroundTruth(aligned=True)), det, "").correct is None
+    assert judge_word(_sample("x", GroundTruth(aligned=True)), det).correct is None
 
 
 def test_judge_feedback_joins_phrases_in_caption_order() -> None:
     det = _detection("a red cat and a blue dog", [0, -1, -2, 0, 0, -3, 0], [5, 1, 2])
-    judged = judge_feedback(_sample("", GroundTruth(aligned=False, text="x")), det, "")
+    judged = judge_feedback(_sample("", GroundTruth(aligned=False, text="x")), det)
     assert judged.prediction == "red cat, blue"
 
 
@@ -337,12 +336,16 @@ def test_richhf_prediction_indices_are_aligned_on_richhf_tokens() -> None:
     prompt = 'A "cat", 3.5 dogs!'
     # detector words: A " cat ", 3.5 dogs !   Rich-HF tokens: A cat 3 5 dogs
     det = _detection(prompt, [0, 0, -2, 0, -1, -3, 0], [2, 4, 5])
-    assert predicted_tokens(prompt, DEFAULT_TEMPLATE, det.misaligned) == [1, 2, 3, 4]
+    assert predicted_tokens(prompt, det.misaligned) == [1, 2, 3, 4]
     truth = GroundTruth(aligned=False, tokens=((1, "cat"), (0, "A")))
-    judged = judge_tokens(_sample(prompt, truth), det, DEFAULT_TEMPLATE)
+    judged = judge_tokens(_sample(prompt, truth), det)
     assert judged.prediction == [[1, "cat"], [2, "3"], [3, "5"], [4, "dogs"]]
     assert (judged.tp, judged.fp, judged.fn, judged.correct) == (1, 3, 1, True)
-    # the template shifts nothing: indices are the caption's own
-    assert predicted_tokens(prompt, "", det.misaligned) == [1, 2, 3, 4]
-    clean = judge_tokens(_sample(prompt, GroundTruth(aligned=True)), det, DEFAULT_TEMPLATE)
+    # the words' own spans place them: a word whose span does not hold it is refused
+    moved = [WordScore("cat", 2, -2.0, 0, 3)]
+    with pytest.raises(ValueError, match="not a word of"):
+        predicted_tokens(prompt, moved)
+    with pytest.raises(ValueError, match="span None"):
+        predicted_tokens(prompt, [WordScore("cat", 2, -2.0)])
+    clean = judge_tokens(_sample(prompt, GroundTruth(aligned=True)), det)
     assert (clean.tp, clean.fp, clean.fn, clean.correct) == (0, 4, 0, None)

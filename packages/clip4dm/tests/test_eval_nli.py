@@ -140,7 +140,7 @@ def test_seetrue_end_to_end_with_nli(
         "-1e-9",
         "--device",
         "cpu",
-        "--no-progress",
+        "--quiet",
     ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -185,7 +185,7 @@ def test_seetrue_jsonl_without_nli(tmp_path: Path, tiny_hf_dir: Path) -> None:
         f"hf:{tiny_hf_dir}",
         "--device",
         "cpu",
-        "--no-progress",
+        "--quiet",
     ]
     assert main(argv) == 0
     result = json.loads((out / "result.json").read_text())

@@ -46,6 +46,13 @@ def test_threshold_mode_strictly_below_epsilon_without_punctuation() -> None:
     assert boundary == []
 
 
+def test_an_emoji_word_can_be_misaligned() -> None:
+    words = [WordScore("a", 0, 0.0), WordScore("🐶", 1, -2e-4), WordScore("!", 2, -3e-4)]
+    chosen, total = select_misaligned(words, "threshold", -5e-5)
+    assert [w.word for w in chosen] == ["🐶"]
+    assert total == pytest.approx(-2e-4)
+
+
 def test_most_negative_mode_picks_lowest() -> None:
     chosen, total = select_misaligned(WORDS[:3], "most_negative", -5e-5)
     assert [w.word for w in chosen] == ["a"]

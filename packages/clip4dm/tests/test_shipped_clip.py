@@ -1,34 +1,21 @@
 """The shipped shapes-world CLIP (shared/models/clip-shapes): loads offline through the public
-path, localises foils far above chance, and reproduces its recorded metrics (slow)."""
+path and localises foils far above chance through ``clip4dm eval``. (Its recorded metrics and the
+script that trained it are tested with the tools, in tools/tests.)"""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from clip4dm import CLIP4DM
+from clip4dm.eval import EvalConfig, run_eval
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = ROOT / "shared" / "models" / "clip-shapes"
 WORLD = ROOT / "shared" / "world" / "test-set"
 SAMPLES = ROOT / "shared" / "world" / "samples"
-
-
-def _evaluate_module() -> Any:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tools.world import evaluate
-
-    return evaluate
-
-
-@pytest.fixture(scope="module")
-def recorded() -> dict[str, Any]:
-    return json.loads((MODEL / "metrics.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -98,134 +85,29 @@ def test_localises_foils_on_the_shipped_samples(detector: CLIP4DM) -> None:
         assert 0.0 <= d.clip_score <= 2.5, r["id"]
 
 
-def test_foil_subset_far_above_chance(detector: CLIP4DM) -> None:
-    """The first 150 test captions: foils localised at over 2.5x chance, and F-CLIPScore ranks
-    aligned captions above foils better than a random order (AP = share of aligned captions)."""
-    evaluate = _evaluate_module()
-    rows = evaluate.load_foil(WORLD, "test")[:150]
-    found = detector.detect_batch([r["image"] for r in rows], [r["caption"] for r in rows])
-    metrics = evaluate.foil_metrics(rows, found)
-    assert metrics["LA"] > 2.5 * metrics["LA_chance"], metrics
-    # the CLIP tells colour and shape foils from the original caption (see the model card)
-    assert metrics["pairwise_by_kind"]["colour"] > 0.95, metrics
-    assert metrics["pairwise_by_kind"]["shape"] > 0.8, metrics
-    aligned = sum(not r["foil"] for r in rows) / len(rows)
-    assert metrics["AP_F-CLIPScore"] > aligned + 0.05, (metrics, aligned)
-
-
-@pytest.mark.slow
-def test_reproduces_recorded_metrics(recorded: dict[str, Any]) -> None:
-    """The full fixed test set, as ``python -m tools.world.evaluate`` computes it."""
-    found = _evaluate_module().evaluate(f"hf:{MODEL}", WORLD)
-    assert found["hat"]["epsilon"] == pytest.approx(recorded["hat"]["epsilon"])
-    for part, tolerance in (("foil", 0.01), ("hat", 0.02)):
-        for key in ("LA", "LA_exact", "AP_F-CLIPScore", "AP_CLIPScore"):
-            assert found[part][key] == pytest.approx(recorded[part][key], abs=tolerance), (
-                part,
-                key,
-            )
-    foil, hat = found["foil"], found["hat"]
-    assert foil["LA"] > 2.5 * foil["LA_chance"]
-    assert hat["LA"] > 2.5 * hat["LA_chance"]
-    # AP of a random ranking = the share of positives (aligned, resp. hallucinated, captions)
-    assert foil["AP_F-CLIPScore"] > (foil["captions"] - foil["foils"]) / foil["captions"] + 0.05
-    assert hat["AP_F-CLIPScore"] > hat["hallucinated"] / hat["captions"] + 0.2
-
-
-# -- the training script that made it ------------------------------------------------------------
-def _train_module() -> Any:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import importlib
-
-    return importlib.import_module("tools.train_clip")
-
-
-def test_subset_embedding_matches_the_full_table_and_writes_back() -> None:
-    import torch
-
-    train_clip = _train_module()
-    full = torch.nn.Embedding(50, 4)
-    subset = train_clip.SubsetEmbedding(full, [3, 7, 7, 20])
-    ids = torch.tensor([[3, 20, 7]])
-    assert torch.equal(subset(ids), full(ids).detach())
-    with torch.no_grad():
-        subset.weight += 1.0
-    with pytest.raises(ValueError, match="outside the training vocabulary"):
-        subset(torch.tensor([[4]]))
-    before = full.weight.detach().clone()
-    table = subset.write_back()
-    assert table is full
-    assert torch.equal(table.weight[[3, 7, 20]], before[[3, 7, 20]] + 1.0)
-    untrained = [i for i in range(50) if i not in (3, 7, 20)]
-    assert before[untrained].abs().sum() > 0
-    assert not table.weight[untrained].any()  # rows the world never uses are zeroed
-
-
-@pytest.mark.slow
-def test_train_script_resumes_exactly_and_saves_a_loadable_model(tmp_path: Path) -> None:
-    """Tiny config: 4 steps straight == 2 steps + resume to 4; the release loads in clip4dm."""
-    from safetensors.torch import load_file
-
-    train_clip = _train_module()
-    tiny = [
-        "--world",
-        str(tmp_path / "world"),
-        "--train",
-        "12",
-        "--world-size",
-        "64",
-        "--batch",
-        "4",
-        "--image-size",
-        "32",
-        "--patch",
-        "8",
-        "--text-width",
-        "32",
-        "--vision-width",
-        "32",
-        "--text-layers",
-        "3",
-        "--vision-layers",
-        "1",
-        "--heads",
-        "2",
-        "--embed",
-        "16",
-        "--threads",
-        "1",
-        "--no-eval",
-        "--log-every",
-        "2",
-    ]
-    straight = tmp_path / "straight"
-    assert (
-        train_clip.main(
-            [
-                *tiny,
-                "--steps",
-                "4",
-                "--work",
-                str(straight / "work"),
-                "--out",
-                str(straight / "model"),
-            ]
-        )
-        == 0
+def test_foil_subset_far_above_chance(detector: CLIP4DM, tmp_path: Path) -> None:
+    """The first 150 test captions through ``clip4dm eval foil``: foils localised at over 2.5x
+    chance, the CLIP tells colour and shape foils from the original caption (pairwise, see the
+    model card), and F-CLIPScore ranks aligned captions above foils better than a random order
+    (AP = share of aligned captions)."""
+    config = EvalConfig(
+        benchmark="foil",
+        data=str(WORLD / "foil" / "test.json"),
+        images=str(WORLD / "images"),
+        out=str(tmp_path / "foil"),
+        model=f"hf:{MODEL}",
+        device="cpu",
+        limit=150,
+        use_references=False,
     )
-    resumed = tmp_path / "resumed"
-    common = ["--work", str(resumed / "work"), "--out", str(resumed / "model")]
-    assert train_clip.main([*tiny, "--steps", "2", *common]) == 0
-    assert train_clip.main([*tiny, "--steps", "4", *common]) == 0
-    a = load_file(str(straight / "model" / "model.safetensors"))
-    b = load_file(str(resumed / "model" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].equal(b[key]), key
-    detector = CLIP4DM(f"hf:{straight / 'model'}", mode="most_negative", device="cpu")
-    image = tmp_path / "world" / "images" / "train_000000.png"
-    found = detector.detect(image, "a red circle above a blue square")
-    assert [w.word for w in found.words] == ["a", "red", "circle", "above", "a", "blue", "square"]
-    card = (straight / "model" / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert "--steps 4" in card
+    summary = run_eval(config, progress=False, detector=detector)
+    assert summary is not None
+    result = summary.result
+    assert result["counts"] == {"samples": 150, "scored": 150, "errors": 0, "missing": 0}
+    metrics, groups = result["metrics"], result["groups"]
+    assert metrics["LA"] > 2.5 * metrics["LA_chance"], metrics
+    assert metrics["LA_exact"] == metrics["LA"]  # the foil word never occurs twice in a caption
+    assert groups["colour"]["pairwise"] > 0.95, groups
+    assert groups["shape"]["pairwise"] > 0.8, groups
+    aligned = metrics["aligned"] / metrics["samples"]
+    assert metrics["AP"]["F-CLIPScore"] > aligned + 0.05, (metrics, aligned)

@@ -37,18 +37,26 @@ def _image(seed: int = 0, size: tuple[int, int] = (64, 48)) -> Image.Image:
 
 def _hand_made() -> dict[str, Any]:
     """A detection in its dictionary form, with HTML-hostile words and uneven spacing."""
+    caption = 'a  <b>cup</b> of & "coke"...'
     words = [
-        ("a", -1e-4),
-        ("<b>cup</b>", -4e-4),
-        ("of", 2e-4),
-        ("&", 1e-4),
-        ('"coke"', -2e-4),
-        ("...", 0.0),
+        ("a", 0, -1e-4),
+        ("<b>cup</b>", 3, -4e-4),
+        ("of", 14, 2e-4),
+        ("&", 17, 1e-4),
+        ('"coke"', 19, -2e-4),
+        ("...", 25, 0.0),
     ]
+    spans = [{"start": at, "end": at + len(w)} for w, at, _ in words]
+    assert all(
+        caption[x["start"] : x["end"]] == w for x, (w, _, _) in zip(spans, words, strict=True)
+    )
     return {
-        "caption": 'a  <b>cup</b> of & "coke"...',
-        "words": [{"word": w, "index": i, "score": s} for i, (w, s) in enumerate(words)],
-        "misaligned": [{"word": "<b>cup</b>", "index": 1, "score": -4e-4}],
+        "caption": caption,
+        "words": [
+            {"word": w, "index": i, "score": s, **span}
+            for i, ((w, _, s), span) in enumerate(zip(words, spans, strict=True))
+        ],
+        "misaligned": [{"word": "<b>cup</b>", "index": 1, "score": -4e-4, **spans[1]}],
         "negative_sum": -4e-4,
         "cosine": 0.25,
         "clip_score": 0.625,
@@ -136,18 +144,36 @@ def test_html_from_dict_equals_html_from_detection(detection: Detection) -> None
 
 def test_html_marks_unscored_words_and_missing_image() -> None:
     data = _hand_made()
-    data["caption"] = "a cup of coke beyond"
+    data["caption"] = "a cup of  coke beyond"
     data["words"] = [
-        {"word": w, "index": i, "score": -1e-4} for i, w in enumerate(["a", "cup", "of"])
+        {"word": w, "index": i, "score": -1e-4, "start": at, "end": at + len(w)}
+        for i, (w, at) in enumerate([("a", 0), ("cup", 2), ("of", 6)])
     ]
     data["misaligned"] = []
     data["truncated"] = True
     data["unscored_words"] = ["coke", "beyond"]
     page = render_html(None, data)
     assert "image not available" in page
-    spans = _spans(_caption_paragraph(page))
+    paragraph = _caption_paragraph(page)
+    spans = _spans(paragraph)
     assert spans[-2:] == [("w unscored", "coke"), ("w unscored", "beyond")]
+    assert html.unescape(re.sub(r"<[^>]+>", "", paragraph)) == data["caption"]
     assert "not scored" in page
+
+
+def test_words_are_placed_by_their_spans_not_by_searching() -> None:
+    data = _hand_made()
+    data["caption"] = "a a"
+    data["words"] = [
+        {"word": "a", "index": 0, "score": -1e-4, "start": 0, "end": 1},
+        {"word": "a", "index": 1, "score": 2e-4, "start": 2, "end": 3},
+    ]
+    data["misaligned"] = [data["words"][0]]
+    paragraph = _caption_paragraph(render_html(None, data))
+    assert [cls for cls, _ in _spans(paragraph)] == ["w mis", "w"]
+    assert html.unescape(re.sub(r"<[^>]+>", "", paragraph)) == "a a"
+    with pytest.raises(ValueError, match="mode"):
+        render_html(None, {**data, "mode": "bogus"})
 
 
 def test_report_has_one_section_per_entry(tmp_path: Path) -> None:
@@ -245,8 +271,10 @@ def test_cli_visualize_from_results(
     _check_png(figure)
     # A PNG shows one pair: several rows, an unknown id, or a missing image are errors.
     assert main(["visualize", "--from", str(results), "--out", str(tmp_path / "many.png")]) == 2
-    assert main(["visualize", "--from", str(results), "--id", "zz", "--out", str(page)]) == 2
-    assert main(["visualize", "--from", str(results), "--id", "y", "--out", str(figure)]) == 2
+    again = ["--out", str(page), "--overwrite"]
+    assert main(["visualize", "--from", str(results), "--id", "zz", *again]) == 2
+    again = ["--out", str(figure), "--overwrite"]
+    assert main(["visualize", "--from", str(results), "--id", "y", *again]) == 2
     err = capsys.readouterr().err
     assert "--id" in err
     assert "no result row with id zz" in err
@@ -274,3 +302,46 @@ def test_cli_visualize_usage_errors(
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_visualize_never_replaces_a_file_unasked(
+    tmp_path: Path, tiny_hf_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "img.png"
+    _image().save(image)
+    page = tmp_path / "page.html"
+    page.write_text("my page")
+    model = ["--model", f"hf:{tiny_hf_dir}"]
+    assert main(["visualize", str(image), "a cat", "--out", str(page), *model]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "already exists (--out): pass --overwrite" in err
+    assert page.read_text() == "my page"
+    assert main(["visualize", str(image), "a cat", "--out", str(page), *model, "--overwrite"]) == 0
+    assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    # Never over an input, --overwrite or not.
+    copy = tmp_path / "img.html"
+    copy.write_text("<html>an input</html>")
+    args = ["visualize", "--from", str(copy), "--out", str(copy), "--overwrite"]
+    assert main(args) == 2
+    assert "never writes over its inputs" in capsys.readouterr().err
+    assert copy.read_text() == "<html>an input</html>"
+
+
+def test_a_failed_figure_leaves_the_old_file(
+    tmp_path: Path, detection: Detection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    target = tmp_path / "fig.png"
+    target.write_bytes(b"old figure")
+
+    def torn(self: Figure, fname: Any, **kwargs: Any) -> None:
+        Path(fname).write_bytes(PNG_MAGIC)  # half a file, then the disk fills up
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", torn)
+    with pytest.raises(OSError, match="No space"):
+        save_figure(_image(), detection, target, dpi=40)
+    assert target.read_bytes() == b"old figure"
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]

@@ -1,8 +1,10 @@
 """Words of a caption ↔ the BPE tokens that cover them, by byte offsets.
 
 Words are the whitespace-separated chunks of the text, with leading and trailing runs of
-punctuation split off as words of their own ("coke." → "coke", "."; '"hi!"' → '"', "hi", '!"').
-Inner punctuation stays ("T-shirt", "don't", "3.5"). A word gets every token whose bytes overlap
+characters other than letters and digits (punctuation, symbols, emoji) split off as words of their
+own ("coke." → "coke", "."; '"hi!"' → '"', "hi", '!"'; "cat🐱" → "cat", "🐱"). Inner punctuation
+stays ("T-shirt", "don't", "3.5"). Only punctuation-only words (`is_punctuation`) are never
+selected as misaligned; a symbol or an emoji is a word like any other. A word gets every token whose bytes overlap
 the word's bytes in the tokenizer's normalized text, so "...", '."', hyphens, digits and non-ASCII
 characters are all attributed exactly (the reference's word-by-word cursor drifts on those).
 """
@@ -11,10 +13,13 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from vl_core.tokens import ClipTokenizer
+if TYPE_CHECKING:
+    from vl_core.tokens import ClipTokenizer
 
 _CHUNK = re.compile(r"\S+")
 
@@ -29,16 +34,22 @@ class Word:
 
 
 def _is_punct(ch: str) -> bool:
+    """Whether the splitter separates ``ch`` from a word's edge (anything but letters and digits)."""
     return not ch.isalnum()
 
 
 def is_punctuation(word: str) -> bool:
-    """True for words made only of punctuation/symbol characters (e.g. ".", "...", '."')."""
-    return bool(word) and all(_is_punct(ch) for ch in word)
+    """Whether ``word`` is punctuation only (e.g. ".", "...", '."'), never a misaligned word.
+
+    Returns True when the word has a punctuation character (Unicode category P*) and no letter,
+    number or symbol (L*, N*, S*): an emoji (So), "$" or "+" is a word and can be flagged.
+    """
+    categories = [unicodedata.category(ch)[0] for ch in word]
+    return "P" in categories and not any(c in "LNS" for c in categories)
 
 
 def split_words(text: str) -> list[Word]:
-    """Split ``text`` into words (see module docstring)."""
+    """The words of ``text`` with their spans, in order (see the module docstring)."""
     words: list[Word] = []
     for match in _CHUNK.finditer(text):
         chunk, base = match.group(), match.start()
@@ -75,10 +86,11 @@ class WordTokens:
 def align_words(
     tokenizer: ClipTokenizer, words: Sequence[Word], token_ids: Sequence[int]
 ) -> list[WordTokens]:
-    """For each word, the tokens of ``token_ids`` covering it.
+    """For each word, the tokens of ``token_ids`` covering it (one `WordTokens` per word).
 
     ``token_ids`` are the content tokens of the text the words come from (no start/end token),
-    possibly truncated: words past the truncation are marked incomplete.
+    possibly truncated: words past the truncation are marked incomplete. Raises ``KeyError`` for
+    a token id the tokenizer does not know.
     """
     token_spans: list[tuple[int, int]] = []
     pos = 0

@@ -1,12 +1,18 @@
-"""Resumable batch detection over a JSON Lines file of (image, caption) pairs.
+"""Batch detection: the runner shared by ``detect --pairs`` and ``eval``, and resumable pairs files.
 
-Input: one JSON object per line, ``{"id": ..., "image": "path", "text": "caption"}``; ``id`` is
-optional (default: the 1-based line number); a relative ``image`` is resolved against
-``images_root`` or else the pairs file's directory. Output: one JSON object per line,
-``{"id", "image", **Detection.to_dict()}``, or ``{"id", "line", "error"}`` for a pair that could not
-be scored. Each row is appended with one write and flushed, so an interrupted run loses at most
-the line being written; a rerun repairs that line, keeps the finished rows, retries the error rows
-and computes the rest.
+`BatchRunner` scores a batch of items with one detector: it loads the images (each file once per
+batch, so the detector encodes it once), turns an image that cannot be loaded into an error for
+that item alone, scores the rest in one call, and scores them one by one if that call fails, so
+one bad input never costs the others.
+
+`run_pairs` applies it to a JSON Lines file of pairs, one ``{"id": ..., "image": "path",
+"text": "caption"}`` per line (``id`` optional: the 1-based line number; a relative ``image`` is
+resolved against ``images_root`` or else the pairs file's directory). Rows (`clip4dm.rows`) are
+appended one complete line at a time and flushed, so an interrupted run loses at most the line
+being written; a rerun repairs that line, keeps the finished rows, retries the error rows and
+computes the rest. ``<out>.run.json`` records the pairs file's fingerprint and the settings: a
+rerun over a changed pairs file or with other settings is refused unless ``overwrite``, which
+starts over.
 """
 
 from __future__ import annotations
@@ -14,41 +20,166 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from PIL import Image
 from tqdm.auto import tqdm
 
-from clip4dm.jsonl import ResultsFileError, RowWriter, error_text, id_key, load_existing
-from vl_core.images import load_image
+from clip4dm._lines import read_lines
+from clip4dm.rows import DetectionLike, pair_error_row, result_row
+from vl_core.files import (
+    ResultsFileError,
+    RowWriter,
+    check_manifest,
+    error_text,
+    file_fingerprint,
+    id_key,
+    read_results,
+    refuse_input_as_output,
+)
 
-__all__ = ["BatchSummary", "DetectionLike", "DetectorLike", "PairsError", "run_pairs"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from vl_core.images import ImageSource
+
+__all__ = [
+    "BatchRunner",
+    "BatchSummary",
+    "DetectionLike",
+    "DetectorLike",
+    "ImageRef",
+    "Item",
+    "PairsError",
+    "manifest_path",
+    "run_pairs",
+]
 
 PairId = str | int
-
-
-class DetectionLike(Protocol):
-    """What the runner needs from a detection result."""
-
-    def to_dict(self) -> dict[str, Any]: ...
+ImageRef = str | os.PathLike[str] | Callable[[], "ImageSource"]
+"""A path, or a zero-argument callable returning the image (decoded lazily, e.g. from a dataset)."""
 
 
 class DetectorLike(Protocol):
-    """What the runner needs from a detector (`clip4dm.CLIP4DM` is one)."""
+    """What the runner needs from a detector (`clip4dm.CLIP4DM` is one).
 
-    def detect(self, image: Image.Image, text: str) -> DetectionLike: ...
+    ``references`` is passed only for items that have reference captions.
+    """
+
+    def detect(self, image: Image.Image, text: str) -> DetectionLike:
+        """One pair's detection."""
+        ...
 
     def detect_batch(
+        self, images: Sequence[Image.Image], texts: Sequence[str], *, batch_size: int = ...
+    ) -> Sequence[DetectionLike]:
+        """One detection per pair, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class Item:
+    """One (image, text) pair to score; ``references`` (reference captions) ask for RefCLIPScore."""
+
+    image: ImageRef
+    text: str
+    references: Sequence[str] | None = None
+
+
+class BatchRunner:
+    """Scores batches of `Item` with one detector, loaded at first need.
+
+    ``detector`` may be a zero-argument factory, called when the first batch with a loadable
+    image is scored, so a run with nothing to score never loads the model. ``pause`` makes the
+    context the factory runs in (e.g. a progress bar put aside while the model loads).
+    """
+
+    def __init__(
         self,
-        images: Sequence[Image.Image],
-        texts: Sequence[str],
+        detector: DetectorLike | Callable[[], DetectorLike],
         *,
-        batch_size: int = ...,
-        progress: bool = ...,
-    ) -> Sequence[DetectionLike]: ...
+        pause: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    ) -> None:
+        self._source = detector
+        self._detector: DetectorLike | None = None if callable(detector) else detector
+        self._pause = pause
+
+    def detector(self) -> DetectorLike:
+        """The detector, made by the factory on the first call; raises what the factory raises."""
+        if self._detector is None:
+            factory = self._source
+            assert callable(factory)
+            with self._pause():
+                self._detector = factory()
+        return self._detector
+
+    def score(self, items: Sequence[Item]) -> list[DetectionLike | str]:
+        """One result per item, in order: its detection, or the text of the error that stands
+        for it (an image that cannot be loaded, or a pair the detector fails on).
+
+        Raises only what loading the detector raises (and ``KeyboardInterrupt``).
+        """
+        out: list[DetectionLike | str] = ["" for _ in items]
+        images: dict[int, Image.Image] = {}
+        cache: dict[str, Image.Image] = {}  # items sharing an image file share one loaded image
+        for position, item in enumerate(items):
+            try:
+                images[position] = _load(item.image, cache)
+            except Exception as exc:  # unreadable image, or a dataset that fails to decode it
+                out[position] = error_text(exc)
+        if not images:
+            return out
+        detector = self.detector()
+        for with_references in (False, True):
+            group = [i for i in images if (items[i].references is not None) is with_references]
+            if group:
+                self._score_group(detector, items, images, group, out)
+        return out
+
+    @staticmethod
+    def _score_group(
+        detector: DetectorLike,
+        items: Sequence[Item],
+        images: Mapping[int, Image.Image],
+        group: Sequence[int],
+        out: list[DetectionLike | str],
+    ) -> None:
+        """Score ``group`` in one call; if it raises as a whole, pair by pair to isolate the cause."""
+        pictures = [images[i] for i in group]
+        texts = [items[i].text for i in group]
+        references = [list(items[i].references or ()) for i in group]
+        extra: dict[str, Any] = {"references": references} if items[group[0]].references else {}
+        try:
+            found = list(detector.detect_batch(pictures, texts, batch_size=len(group), **extra))
+            if len(found) != len(group):
+                raise RuntimeError(f"detector returned {len(found)} results for {len(group)} pairs")
+        except Exception:  # isolate the failing pair(s) below; the others still get their rows
+            for position, i in enumerate(group):
+                single: dict[str, Any] = {"references": references[position]} if extra else {}
+                try:
+                    out[i] = detector.detect(pictures[position], texts[position], **single)
+                except Exception as exc:
+                    out[i] = error_text(exc)
+            return
+        for i, detection in zip(group, found, strict=True):
+            out[i] = detection
+
+
+def _load(source: ImageRef, cache: dict[str, Image.Image]) -> Image.Image:
+    from vl_core.images import load_image
+
+    if callable(source):
+        return load_image(source())
+    key = os.fspath(source)
+    if key not in cache:
+        cache[key] = load_image(key)
+    return cache[key]
+
+
+# -- pairs files ----------------------------------------------------------------------------------
 
 
 class PairsError(ResultsFileError):
@@ -58,8 +189,8 @@ class PairsError(ResultsFileError):
 @dataclass
 class BatchSummary:
     """Counts of one run: rows computed now, pairs already in the output, error rows written;
-    error rows of earlier runs taken out to retry, and unusable output lines dropped (e.g. the
-    torn last line of an interrupted run)."""
+    error rows of earlier runs taken out to retry, and what was repaired in the output (the torn
+    last line of an interrupted run)."""
 
     done: int = 0
     skipped: int = 0
@@ -115,30 +246,38 @@ def _parse_line(raw: str, line: int, root: Path) -> _Pair | _BadLine:
 
 
 def _read_pairs(pairs_path: Path, root: Path) -> list[_Pair | _BadLine]:
-    """Every non-blank line of the pairs file, parsed; duplicate ids become bad lines."""
-    try:
-        with pairs_path.open(encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except FileNotFoundError as exc:
-        raise PairsError(f"pairs file {str(pairs_path)!r} not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PairsError(f"cannot read pairs file {str(pairs_path)!r}: {exc}") from exc
+    """Every non-blank line of the pairs file, parsed; duplicate ids and lines that are not UTF-8
+    become bad lines. Raises `PairsError` when the file cannot be read."""
     entries: list[_Pair | _BadLine] = []
     first_line: dict[str, int] = {}
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        entry = _parse_line(raw, number, root)
-        if isinstance(entry, _Pair):
-            key = id_key(entry.id)
-            if key in first_line:
-                entry = _BadLine(
-                    number, entry.id, f"duplicate id {entry.id!r} (first on line {first_line[key]})"
-                )
-            else:
-                first_line[key] = number
-        entries.append(entry)
+    try:
+        for line in read_lines(pairs_path):
+            if line.text is None:
+                entries.append(_BadLine(line.number, line.number, line.error or "unreadable line"))
+                continue
+            entry = _parse_line(line.text, line.number, root)
+            if isinstance(entry, _Pair):
+                key = id_key(entry.id)
+                if key in first_line:
+                    entry = _BadLine(
+                        line.number,
+                        entry.id,
+                        f"duplicate id {entry.id!r} (first on line {first_line[key]})",
+                    )
+                else:
+                    first_line[key] = line.number
+            entries.append(entry)
+    except FileNotFoundError as exc:
+        raise PairsError(f"pairs file {str(pairs_path)!r} not found") from exc
+    except OSError as exc:
+        raise PairsError(f"cannot read pairs file {str(pairs_path)!r}: {exc.strerror}") from exc
     return entries
+
+
+def manifest_path(out_path: str | os.PathLike[str]) -> Path:
+    """Where `run_pairs` keeps the run manifest of ``out_path``: ``<out>.run.json``."""
+    out = Path(out_path)
+    return out.with_name(out.name + ".run.json")
 
 
 def run_pairs(
@@ -149,107 +288,81 @@ def run_pairs(
     batch_size: int = 32,
     images_root: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> BatchSummary:
     """Score every pair of ``pairs_path`` not yet in ``out_path``, appending rows to it.
 
-    ``detector`` may be a zero-argument factory, called when the first batch is ready (so a run
-    with nothing left to score, or only bad lines, never loads the model). Images are loaded and
-    checked pair by pair before batching, and a batch that fails as a whole is retried pair by
-    pair, so one bad input yields one error row and never costs the rest of its batch.
+    ``detector`` may be a zero-argument factory (see `BatchRunner`). ``settings`` (JSON values:
+    model, mode, epsilon, ...) are recorded with the pairs file's fingerprint in
+    `manifest_path`; resuming with a changed pairs file or other settings is refused. With
+    ``overwrite`` the output is started over (also when it is not a results file).
+
+    Returns the run's `BatchSummary`. Raises ``ValueError`` for a ``batch_size`` below 1,
+    `PairsError` when the pairs file cannot be read, `vl_core.files.OutputExistsError` when the
+    output is an input or a file this command did not write, and `vl_core.files.ResultsFileError`
+    when the output was made from other inputs or settings.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pairs_file, out_file = Path(pairs_path), Path(out_path)
+    manifest = manifest_path(out_file)
+    refuse_input_as_output([out_file, manifest], [pairs_file])
     root = Path(images_root).expanduser() if images_root is not None else pairs_file.parent
     entries = _read_pairs(pairs_file, root)
-    done_ids, retried, dropped = load_existing(out_file)
-    summary = BatchSummary(retried=retried, dropped=dropped)
+    record = {
+        "command": "clip4dm detect --pairs",
+        "pairs": file_fingerprint(pairs_file),
+        "images_root": None if images_root is None else str(root.resolve()),
+        **(settings or {}),
+    }
+    if not overwrite:
+        read_results(out_file, repair=False, retry_errors=False)  # a foreign file is refused
+    # Without rows yet, a manifest left by a run that failed early describes nothing.
+    check_manifest(manifest, record, overwrite=overwrite or not out_file.exists())
+    if overwrite:
+        out_file.unlink(missing_ok=True)
+    existing = read_results(out_file)
+    summary = BatchSummary(retried=existing.retried, dropped=list(existing.repaired))
     todo: list[_Pair | _BadLine] = []
     for entry in entries:
-        if isinstance(entry, _Pair) and id_key(entry.id) in done_ids:
+        if isinstance(entry, _Pair) and id_key(entry.id) in existing.done:
             summary.skipped += 1
         else:
             todo.append(entry)
     if not todo:
         return summary
 
-    resolved: DetectorLike | None = None
-
-    writer = RowWriter(out_file)
     with (
-        contextlib.closing(writer),
+        RowWriter(out_file) as writer,
         tqdm(total=len(todo), desc="clip4dm", unit="pair", disable=not progress) as bar,
     ):
 
-        def record_error(line: int, pair_id: PairId, error: str) -> None:
-            writer.write({"id": pair_id, "line": line, "error": error})
-            summary.errors += 1
-            bar.update(1)
+        @contextlib.contextmanager
+        def aside() -> Iterator[None]:  # the model loads without counting in the pair rate
+            bar.clear()
+            yield
+            bar.unpause()
 
-        ready: list[tuple[_Pair, Image.Image]] = []
-        # Pairs of one batch that share an image file share the loaded image, which lets the
-        # detector encode it once.
-        loaded: dict[Path, Image.Image] = {}
-
-        def score_ready() -> None:
-            nonlocal resolved
-            if not ready:
-                return
-            if resolved is None:  # load the model now, without counting it in the pair rate
-                bar.clear()
-                resolved = detector() if callable(detector) else detector
-                bar.unpause()
-            _score_chunk(resolved, ready, writer, summary)
-            bar.update(len(ready))
-            ready.clear()
-            loaded.clear()
-
-        for entry in todo:
-            if isinstance(entry, _BadLine):
-                record_error(entry.line, entry.id, entry.error)
-                continue
-            image = loaded.get(entry.path)
-            if image is None:
-                try:
-                    image = loaded[entry.path] = load_image(entry.path)
-                except (ValueError, OSError) as exc:
-                    record_error(entry.line, entry.id, error_text(exc))
-                    continue
-            ready.append((entry, image))
-            if len(ready) >= batch_size:
-                score_ready()
-        score_ready()
+        runner = BatchRunner(detector, pause=aside)
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            pairs = [entry for entry in batch if isinstance(entry, _Pair)]
+            found = dict(
+                zip(
+                    (pair.line for pair in pairs),
+                    runner.score([Item(pair.path, pair.text) for pair in pairs]),
+                    strict=True,
+                )
+            )
+            for entry in batch:
+                outcome = entry.error if isinstance(entry, _BadLine) else found[entry.line]
+                if isinstance(outcome, str):
+                    writer.write(pair_error_row(entry.id, entry.line, outcome))
+                    summary.errors += 1
+                else:
+                    assert isinstance(entry, _Pair)
+                    writer.write(result_row(entry.id, str(entry.path), outcome))
+                    summary.done += 1
+            bar.update(len(batch))
     return summary
-
-
-def _score_chunk(
-    detector: DetectorLike,
-    batch: Sequence[tuple[_Pair, Image.Image]],
-    writer: RowWriter,
-    summary: BatchSummary,
-) -> None:
-    """Score one batch; if it raises as a whole, score its pairs one by one to isolate the cause."""
-    images = [image for _, image in batch]
-    texts = [pair.text for pair, _ in batch]
-    try:
-        results = list(detector.detect_batch(images, texts, batch_size=len(batch), progress=False))
-        if len(results) != len(batch):
-            raise RuntimeError(f"detector returned {len(results)} results for {len(batch)} pairs")
-    except Exception:  # isolate the failing pair(s) below; the others still get their rows
-        for pair, image in batch:
-            try:
-                single = detector.detect(image, pair.text)
-            except Exception as exc:
-                writer.write({"id": pair.id, "line": pair.line, "error": error_text(exc)})
-                summary.errors += 1
-            else:
-                writer.write(_result_row(pair, single))
-                summary.done += 1
-        return
-    for (pair, _), result in zip(batch, results, strict=True):
-        writer.write(_result_row(pair, result))
-        summary.done += 1
-
-
-def _result_row(pair: _Pair, detection: DetectionLike) -> dict[str, Any]:
-    return {"id": pair.id, "image": str(pair.path), **detection.to_dict()}

@@ -1,7 +1,10 @@
-"""The ``clip4dm`` command line: ``detect`` (one pair or a pairs file), ``visualize``, ``info``.
+"""The ``clip4dm`` command line: ``detect`` (one pair or a pairs file), ``visualize``, ``eval``, ``info``.
 
-Errors the user can fix (a missing or unreadable image, an empty caption, a model that cannot be
-loaded here) print one line on stderr and exit with status 2, without a traceback.
+The shared dialect of `vl_core.cli`: a mistake the user can fix (a missing or unreadable image, an
+empty caption, a model that cannot be loaded here or is not a CLIP, an output that would replace a
+file this command did not write) prints one line, ``clip4dm COMMAND: error: ...``, and exits with
+status 2 (a traceback only with ``--debug``). A batch that finished with error rows exits with 1,
+an interrupted one with 130 after printing the command that resumes it. ``--help`` imports no torch.
 """
 
 from __future__ import annotations
@@ -9,12 +12,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clip4dm import __version__
-from clip4dm.detector import DEFAULT_EPSILON, DEFAULT_LAYERS, DEFAULT_MODEL, DEFAULT_TEMPLATE
+from clip4dm.defaults import (
+    DEFAULT_EPSILON,
+    DEFAULT_LAYERS,
+    DEFAULT_MODEL,
+    DEFAULT_TEMPLATE,
+    MODES,
+)
+from vl_core.cli import (
+    DTYPE_CHOICES,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    add_quiet_option,
+    device_name,
+    exit_status,
+    finite_float,
+    positive_int,
+    quiet_libraries,
+    run_command,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -24,69 +48,109 @@ if TYPE_CHECKING:
     from clip4dm.visualize import DetectionData
     from vl_core.images import ImageSource
 
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+__all__ = ["add_model_options", "add_run_options", "build_parser", "format_table", "main"]
+
+PROG = "clip4dm"
+
+# -- shared options -------------------------------------------------------------------------------
 
 
-class CliError(Exception):
-    """A problem to report in one line (exit status 2)."""
+def add_run_options(parser: argparse.ArgumentParser, *, no_progress_alias: bool = False) -> None:
+    """``--quiet`` (with the deprecated ``--no-progress`` where it was documented) and ``--debug``."""
+    add_quiet_option(parser, no_progress_alias=no_progress_alias)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (for bug reports)"
+    )
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-# -- shared helpers -----------------------------------------------------------------------------
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model and method")
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    *,
+    defaults: bool = True,
+    title: str = "model and method",
+) -> argparse._ArgumentGroup:
+    """``--model``, ``--mode``, ``--epsilon``, ``--layers``, ``--template``, ``--device`` and
+    ``--dtype``; with ``defaults=False`` the method options default to ``None`` (a benchmark's
+    own setting). Returns the argument group, for more options."""
+    group = parser.add_argument_group(title)
     group.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help="hf:<hub id or dir>, openclip:<arch>/<tag or checkpoint> or openclip:<dir>, "
-        f"or a local HF directory (default: {DEFAULT_MODEL})",
+        f"or a local HF directory (default: {DEFAULT_MODEL}, downloaded once from the "
+        "Hugging Face Hub)",
     )
     group.add_argument(
         "--mode",
-        choices=("threshold", "most_negative"),
-        default="threshold",
+        choices=MODES,
+        default=MODES[0] if defaults else None,
         help="threshold: every word scoring below --epsilon; most_negative: the lowest-scoring "
-        "word (default: threshold)",
+        "word (default: " + (MODES[0] if defaults else "the benchmark's") + ")",
     )
     group.add_argument(
         "--epsilon",
-        type=float,
-        default=DEFAULT_EPSILON,
+        type=finite_float,
+        default=DEFAULT_EPSILON if defaults else None,
         help=f"threshold on word scores for --mode threshold (default: {DEFAULT_EPSILON:g})",
     )
     group.add_argument(
         "--layers",
-        type=_positive_int,
-        default=DEFAULT_LAYERS,
+        type=positive_int,
+        default=DEFAULT_LAYERS if defaults else None,
         help=f"number of last text-encoder layers to attribute over (default: {DEFAULT_LAYERS})",
     )
     group.add_argument(
         "--template",
-        default=DEFAULT_TEMPLATE,
+        default=DEFAULT_TEMPLATE if defaults else None,
         help=f"prefix encoded before the caption, not reported (default: {DEFAULT_TEMPLATE!r})",
     )
     group.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)"
+        "--device",
+        type=device_name,
+        default="auto",
+        help="auto, cpu, cuda, cuda:1, ... (default: auto: a GPU when there is one)",
     )
     group.add_argument(
-        "--dtype", default="auto", help="auto, float32, float16 or bfloat16 (default: auto)"
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="(default: auto: float32 on the CPU, bfloat16 or float16 on a GPU)",
     )
+    return group
+
+
+def join_negative_numbers(
+    argv: Sequence[str], options: Sequence[str] = ("--epsilon", "--epsilon-grid")
+) -> list[str]:
+    """``--epsilon -5e-5`` → ``--epsilon=-5e-5`` (also for comma-separated numbers such as
+    ``--epsilon-grid -1e-5,-5e-5``): argparse takes "-5e-5" for an option otherwise.
+
+    Returns the new argument list (arguments after ``--`` are left alone).
+    """
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in options and index + 1 < len(argv):
+            value = argv[index + 1]
+            try:
+                [float(part) for part in value.split(",")]
+            except ValueError:
+                pass
+            else:
+                joined.append(f"{arg}={value}")
+                index += 2
+                continue
+        if arg == "--":
+            joined.extend(argv[index:])
+            break
+        joined.append(arg)
+        index += 1
+    return joined
 
 
 def _build_detector(args: argparse.Namespace) -> CLIP4DM:
-    """The detector the options ask for; loading failures become a `CliError`."""
+    """The detector the options ask for; a model that cannot be loaded is a `UsageError`."""
     from clip4dm.detector import CLIP4DM
 
     try:
@@ -99,8 +163,8 @@ def _build_detector(args: argparse.Namespace) -> CLIP4DM:
             device=args.device,
             dtype=args.dtype,
         )
-    except (OSError, ValueError, TypeError) as exc:  # incl. vl_core.hub.ModelNotAvailableError
-        raise CliError(str(exc)) from exc
+    except (OSError, ValueError, TypeError) as exc:  # incl. ModelNotAvailableError, CheckpointError
+        raise UsageError(str(exc)) from exc
 
 
 def _load_image(source: str) -> Image.Image:
@@ -109,12 +173,12 @@ def _load_image(source: str) -> Image.Image:
     try:
         return load_image(source)
     except (ValueError, OSError) as exc:  # vl_core.images.ImageLoadError is a ValueError
-        raise CliError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
 
 
 def _check_text(text: str) -> str:
     if not text.strip():
-        raise CliError("the text is empty or whitespace-only: give the caption to check")
+        raise UsageError("the text is empty or whitespace-only", fix="give the caption to check")
     return text
 
 
@@ -123,24 +187,54 @@ def _detect_one(args: argparse.Namespace, image: Image.Image, text: str) -> Dete
     try:
         return detector.detect(image, text)
     except ValueError as exc:
-        raise CliError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
 
 
-# -- detect -------------------------------------------------------------------------------------
+def _refuse_existing(out: str, overwrite: bool, inputs: Sequence[str | None]) -> None:
+    """Refuse ``out`` when it is an input, or an existing file without ``--overwrite``."""
+    from vl_core.files import refuse_input_as_output
+
+    refuse_input_as_output([out], [i for i in inputs if i is not None])
+    if Path(out).exists() and not overwrite:
+        raise UsageError(
+            f"{out} already exists",
+            "--out",
+            "pass --overwrite to replace it, or choose another path",
+        )
+
+
+# -- detect ---------------------------------------------------------------------------------------
+
+
+def _display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: wide (CJK, emoji) characters count 2, marks 0."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(width - _display_width(text), 0)
 
 
 def format_table(detection: Detection) -> str:
-    """The per-word table, the selected words and the caption-level scores, as plain text."""
+    """The per-word table, the selected words and the caption-level scores, as plain text.
+
+    Columns are aligned by display width, so wide (CJK) characters and emoji keep them straight.
+    """
     selected = {w.index for w in detection.misaligned}
     words = [(w.word, f"{w.score:+.3e}", w.index in selected) for w in detection.words]
     words += [(word, "-", False) for word in detection.unscored_words]
-    width = min(max([len(word) for word, _, _ in words] + [4]), 40)
-    lines = [f"{'#':>3}  {'word':<{width}}  {'score':>10}"]
+    width = min(max([_display_width(word) for word, _, _ in words] + [4]), 40)
+    lines = [f"{'#':>3}  {_pad('word', width)}  {'score':>10}"]
     for number, (word, score, marked) in enumerate(words):
         marker = "  <-- misaligned" if marked else ""
         if score == "-":
             marker = "  (not scored)"
-        lines.append(f"{number:>3}  {word:<{width}}  {score:>10}{marker}")
+        lines.append(f"{number:>3}  {_pad(word, width)}  {score:>10}{marker}")
     if detection.truncated:
         lines.append(
             f"note: the caption is longer than the model's context; "
@@ -159,10 +253,10 @@ def format_table(detection: Detection) -> str:
 def _cmd_detect(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         return _detect_pairs(args)
-    if args.out is not None or args.images_root is not None:
-        raise CliError("--out and --images-root go with --pairs (batch mode)")
+    if args.out is not None or args.images_root is not None or args.overwrite:
+        raise UsageError("--out, --images-root and --overwrite go with --pairs (batch mode)")
     if args.image is None or args.text is None:
-        raise CliError("give IMAGE and TEXT, or --pairs PAIRS.jsonl --out RESULTS.jsonl")
+        raise UsageError("give IMAGE and TEXT, or --pairs PAIRS.jsonl --out RESULTS.jsonl")
     text = _check_text(args.text)
     image = _load_image(args.image)
     detection = _detect_one(args, image, text)
@@ -170,50 +264,58 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         print(json.dumps(detection.to_dict(), ensure_ascii=False, indent=2))
     else:
         print(format_table(detection))
-    return 0
+    return EXIT_OK
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a resumed run must share with the rows already written."""
+    return {
+        "model": args.model,
+        "mode": args.mode,
+        "epsilon": args.epsilon,
+        "layers": args.layers,
+        "template": args.template,
+        "dtype": args.dtype,
+    }
 
 
 def _detect_pairs(args: argparse.Namespace) -> int:
-    from clip4dm.batch import PairsError, run_pairs
-    from clip4dm.jsonl import ResultsFileError
+    from clip4dm.batch import run_pairs
 
     if args.image is not None or args.text is not None:
-        raise CliError("give either IMAGE TEXT or --pairs, not both")
+        raise UsageError("give either IMAGE TEXT or --pairs, not both")
     if args.out is None:
-        raise CliError("--pairs needs --out RESULTS.jsonl")
+        raise UsageError("--pairs needs --out RESULTS.jsonl")
     if args.json:
-        raise CliError("--json is for a single pair; --pairs always writes JSON Lines")
-    if Path(args.out).resolve() == Path(args.pairs).resolve():
-        raise CliError("--out must not be the pairs file itself")
-    try:
-        summary = run_pairs(
-            args.pairs,
-            args.out,
-            lambda: _build_detector(args),
-            batch_size=args.batch_size,
-            images_root=args.images_root,
-            progress=not args.no_progress,
-        )
-    except (PairsError, ResultsFileError) as exc:
-        raise CliError(str(exc)) from exc
-    except KeyboardInterrupt:
-        print(
-            f"clip4dm: interrupted; the rows written so far are kept in {args.out}: "
-            "rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+        raise UsageError("--json is for a single pair; --pairs always writes JSON Lines")
+    summary = run_pairs(
+        args.pairs,
+        args.out,
+        lambda: _build_detector(args),
+        batch_size=args.batch_size,
+        images_root=args.images_root,
+        progress=not args.quiet,
+        settings=_settings(args),
+        overwrite=args.overwrite,
+    )
+    prog = f"{PROG} detect"
+    for note in summary.dropped:
+        print(f"{prog}: repaired {args.out} ({note}); its pair is computed again", file=sys.stderr)
     if summary.retried:
         print(
-            f"clip4dm: retried {summary.retried} error row(s) of the previous run", file=sys.stderr
+            f"{prog}: retried {summary.retried} error row(s) of the previous run", file=sys.stderr
         )
-    for note in summary.dropped:
-        print(f"clip4dm: dropped unusable output {note}; its pair was recomputed", file=sys.stderr)
-    print(f"clip4dm: {summary} -> {args.out}")
-    return 0
+    print(f"{PROG}: {summary} -> {args.out}")
+    if summary.errors:
+        print(
+            f"{prog}: {summary.errors} pair(s) could not be scored: see their error rows in "
+            f"{args.out}, fix them and rerun the command to retry them",
+            file=sys.stderr,
+        )
+    return exit_status(summary.errors)
 
 
-# -- visualize ----------------------------------------------------------------------------------
+# -- visualize ------------------------------------------------------------------------------------
 
 
 def _output_kind(out: str) -> str:
@@ -222,28 +324,28 @@ def _output_kind(out: str) -> str:
         return "html"
     if suffix == ".png":
         return "png"
-    raise CliError(f"--out must end in .html or .png, got {out!r}")
+    raise UsageError(f"--out must end in .html or .png, got {out!r}")
 
 
-def _read_results(path: str, ids: Sequence[str] | None) -> tuple[list[dict[str, Any]], int]:
-    """Good rows of a results file (optionally only the given ids), and the number skipped."""
-    try:
-        raw_lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise CliError(f"results file {path!r} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"cannot read results file {path!r}: {exc}") from exc
+def _read_rows(path: str, ids: Sequence[str] | None) -> tuple[list[dict[str, Any]], int]:
+    """Result rows of a results file (optionally only the given ids) and the number of error or
+    invalid rows skipped."""
+    from clip4dm._lines import read_lines
+    from clip4dm.rows import detection_of, upgrade
+
     rows: list[dict[str, Any]] = []
     skipped = 0
-    for raw in raw_lines:
-        if not raw.strip():
-            continue
+    try:
+        lines = list(read_lines(path))
+    except FileNotFoundError:
+        raise UsageError(f"results file {path!r} not found") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read results file {path!r}: {exc.strerror}") from exc
+    for line in lines:
         try:
-            row = json.loads(raw)
-        except json.JSONDecodeError:
-            skipped += 1
-            continue
-        if not isinstance(row, dict) or "error" in row or "words" not in row:
+            row = upgrade(json.loads(line.text or ""))
+            detection_of(row)
+        except (ValueError, AttributeError):  # not JSON, not an object, an error row, invalid
             skipped += 1
             continue
         if ids is None or str(row.get("id")) in ids:
@@ -252,13 +354,13 @@ def _read_results(path: str, ids: Sequence[str] | None) -> tuple[list[dict[str, 
         found = {str(row.get("id")) for row in rows}
         missing = [i for i in ids if i not in found]
         if missing:
-            raise CliError(f"no result row with id {', '.join(missing)} in {path}")
+            raise UsageError(f"no result row with id {', '.join(missing)} in {path}")
     if not rows:
-        raise CliError(f"no result rows to show in {path}")
+        raise UsageError(f"no result rows to show in {path}")
     return rows, skipped
 
 
-def _row_image(row: dict[str, Any], results: str, images_root: str | None) -> Path | None:
+def _row_image(row: Mapping[str, Any], results: str, images_root: str | None) -> Path | None:
     """The existing image file of a results row, if any."""
     image = row.get("image")
     if not isinstance(image, str) or not image:
@@ -273,15 +375,6 @@ def _row_image(row: dict[str, Any], results: str, images_root: str | None) -> Pa
     return next((c for c in candidates if c.is_file()), None)
 
 
-def _require_matplotlib() -> None:
-    from clip4dm.visualize import require_matplotlib
-
-    try:
-        require_matplotlib()
-    except ImportError as exc:
-        raise CliError(str(exc)) from exc
-
-
 def _cmd_visualize(args: argparse.Namespace) -> int:
     from clip4dm import visualize
 
@@ -289,38 +382,43 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     if args.results is not None:
         return _visualize_results(args, kind)
     if args.ids or args.images_root is not None:
-        raise CliError("--id and --images-root go with --from RESULTS.jsonl")
+        raise UsageError("--id and --images-root go with --from RESULTS.jsonl")
     if args.image is None or args.text is None:
-        raise CliError("give IMAGE and TEXT, or --from RESULTS.jsonl")
+        raise UsageError("give IMAGE and TEXT, or --from RESULTS.jsonl")
     text = _check_text(args.text)
-    image = _load_image(args.image)
+    _refuse_existing(args.out, args.overwrite, [args.image])
     if kind == "png":
-        _require_matplotlib()
+        visualize.require_matplotlib()
+    image = _load_image(args.image)
     detection = _detect_one(args, image, text)
     if kind == "html":
         visualize.save_html(image, detection, args.out, title=f"clip4dm: {Path(args.image).name}")
     else:
         visualize.save_figure(image, detection, args.out)
-    print(f"clip4dm: wrote {args.out}")
-    return 0
+    print(f"{PROG}: wrote {args.out}")
+    return EXIT_OK
 
 
 def _visualize_results(args: argparse.Namespace, kind: str) -> int:
     from clip4dm import visualize
 
     if args.image is not None or args.text is not None:
-        raise CliError("give either IMAGE TEXT or --from RESULTS.jsonl, not both")
-    rows, skipped = _read_results(args.results, args.ids or None)
+        raise UsageError("give either IMAGE TEXT or --from RESULTS.jsonl, not both")
+    _refuse_existing(args.out, args.overwrite, [args.results])
+    rows, skipped = _read_rows(args.results, args.ids or None)
     if kind == "png":
         if len(rows) != 1:
-            raise CliError(
-                f"a PNG shows one pair and {args.results} has {len(rows)}: pick one with --id"
+            raise UsageError(
+                f"a PNG shows one pair and {args.results} has {len(rows)}", fix="pick one with --id"
             )
-        _require_matplotlib()
+        visualize.require_matplotlib()
         row = rows[0]
         image = _row_image(row, args.results, args.images_root)
         if image is None:
-            raise CliError(f"image {row.get('image')!r} of id {row.get('id')!r} not found")
+            raise UsageError(
+                f"image {row.get('image')!r} of id {row.get('id')!r} not found",
+                fix="point --images-root at the images",
+            )
         visualize.save_figure(_load_image(str(image)), row, args.out)
     else:
         entries: list[tuple[ImageSource | None, DetectionData, str | None]] = []
@@ -328,38 +426,37 @@ def _visualize_results(args: argparse.Namespace, kind: str) -> int:
             image = _row_image(row, args.results, args.images_root)
             if image is None:
                 print(
-                    f"clip4dm: image {row.get('image')!r} not found; shown without it",
+                    f"{PROG} visualize: image {row.get('image')!r} not found; shown without it",
                     file=sys.stderr,
                 )
             entries.append((image, row, f"{row.get('id')} — {row.get('image', '')}"))
         page = visualize.render_html_report(entries, title=f"clip4dm: {Path(args.results).name}")
-        Path(args.out).write_text(page, encoding="utf-8")
+        from vl_core.files import atomic_write
+
+        atomic_write(args.out, page)
     note = f" ({skipped} error or invalid row(s) skipped)" if skipped else ""
-    print(f"clip4dm: wrote {args.out}{note}")
-    return 0
+    print(f"{PROG}: wrote {args.out}{note}")
+    return EXIT_OK
 
 
-# -- info ---------------------------------------------------------------------------------------
+# -- info -----------------------------------------------------------------------------------------
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from vl_core import environment_report
 
-    print(
-        json.dumps(
-            environment_report(("clip4dm", "vl-core", "torch", "transformers", "open_clip_torch")),
-            indent=2,
-        )
-    )
-    return 0
+    report = environment_report(("clip4dm", "vl-core", "torch", "transformers", "open_clip_torch"))
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
 
 
-# -- parser -------------------------------------------------------------------------------------
+# -- parser ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clip4dm",
+    """The ``clip4dm`` argument parser (usage errors print one line and exit with status 2)."""
+    parser = Parser(
+        prog=PROG,
         description="Find the words of a caption that do not match the image (CLIP4DM, F-CLIPScore).",
     )
     parser.add_argument("--version", action="version", version=f"clip4dm {__version__}")
@@ -369,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
         "detect",
         help="score each word of a caption against an image (one pair, or a pairs file)",
         description="Score each word of TEXT against IMAGE and mark the misaligned words; or, "
-        "with --pairs, score a JSON Lines file of pairs into --out (resumable).",
+        "with --pairs, score a JSON Lines file of pairs into --out (resumable). Exit status: 0 "
+        "done, 1 some pairs are error rows, 2 usage error, 130 interrupted.",
         usage="clip4dm detect IMAGE TEXT [options] [--json]\n"
         "       clip4dm detect --pairs PAIRS.jsonl --out RESULTS.jsonl [options]",
     )
@@ -386,16 +484,25 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--out",
         metavar="RESULTS.jsonl",
-        help="output JSON Lines; ids already in it are skipped, so rerunning resumes",
+        help="output JSON Lines; ids already in it are skipped, so rerunning resumes "
+        "(OUT.run.json records the pairs file and settings it was made from)",
     )
-    batch.add_argument("--batch-size", type=_positive_int, default=32, help="pairs per batch (32)")
+    batch.add_argument(
+        "--batch-size", type=positive_int, default=32, help="pairs per batch (default: 32)"
+    )
     batch.add_argument(
         "--images-root",
         metavar="DIR",
         help="base of relative image paths (default: the pairs file's directory)",
     )
-    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_model_options(detect)
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start --out over (also when it was made from other inputs or settings, or is not "
+        "a results file)",
+    )
+    add_model_options(detect)
+    add_run_options(detect, no_progress_alias=True)
     detect.set_defaults(func=_cmd_detect)
 
     vis = sub.add_parser(
@@ -413,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("image", nargs="?", metavar="IMAGE", help="image file")
     vis.add_argument("text", nargs="?", metavar="TEXT", help="caption or prompt")
     vis.add_argument("--out", required=True, metavar="PATH", help="output .html or .png file")
+    vis.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     rows = vis.add_argument_group("from computed results")
     rows.add_argument(
         "--from", dest="results", metavar="RESULTS.jsonl", help="rows written by detect --pairs"
@@ -431,10 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="base of relative image paths in the rows (default: the current directory, then "
         "the results file's directory)",
     )
-    _add_model_options(vis)
+    add_model_options(vis)
+    add_run_options(vis)
     vis.set_defaults(func=_cmd_visualize)
 
     info = sub.add_parser("info", help="print package, torch and device versions (for bug reports)")
+    add_run_options(info)
     info.set_defaults(func=_cmd_info)
 
     from clip4dm.eval.cli import add_eval_parser
@@ -443,41 +553,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _join_negative_numbers(argv: Sequence[str]) -> list[str]:
-    """``--epsilon -5e-5`` → ``--epsilon=-5e-5``: argparse takes "-5e-5" for an option otherwise."""
-    joined: list[str] = []
-    index = 0
-    while index < len(argv):
-        arg = argv[index]
-        if arg == "--epsilon" and index + 1 < len(argv):
-            value = argv[index + 1]
-            try:
-                float(value)
-            except ValueError:
-                pass
-            else:
-                joined.append(f"{arg}={value}")
-                index += 2
-                continue
-        if arg == "--":
-            joined.extend(argv[index:])
-            break
-        joined.append(arg)
-        index += 1
-    return joined
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported in one line: bad or unusable files (including outputs this command did
+    not write) and failed evaluations."""
+    from clip4dm.eval.errors import EvalError
+    from vl_core.files import ResultsFileError
+
+    return (ResultsFileError, EvalError, OSError)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the parsed command ``args`` under the shared rules; returns the exit status.
+
+    ``argv`` are the command's words after the subcommand (for the resume line of an interrupted
+    run).
+    """
+    command: Callable[[argparse.Namespace], int] = args.func
+    with quiet_libraries(getattr(args, "quiet", False)):
+        return run_command(
+            f"{PROG} {args.command}",
+            lambda: command(args),
+            argv=argv,
+            user_errors=_user_errors(),
+            debug=getattr(args, "debug", False),
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``clip4dm`` console script; returns the exit status (2 for a usage error)."""
+    words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(_join_negative_numbers(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(join_negative_numbers(words))
     if not getattr(args, "func", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return EXIT_USAGE
-    try:
-        return int(args.func(args))
-    except CliError as exc:
-        print(f"clip4dm {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    rest = words[words.index(args.command) + 1 :] if args.command in words else words
+    return run(args, rest)
 
 
 if __name__ == "__main__":  # pragma: no cover

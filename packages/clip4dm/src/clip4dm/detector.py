@@ -13,9 +13,18 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clip4dm._download import announce_download
 from clip4dm.alignment import align_words, split_words
+from clip4dm.defaults import (
+    DEFAULT_EPSILON,
+    DEFAULT_LAYERS,
+    DEFAULT_MODEL,
+    DEFAULT_TEMPLATE,
+    MODES,
+    Mode,
+)
 from clip4dm.results import Detection, WordScore
-from clip4dm.scores import MODES, Mode, clip_score, f_clip_score, ref_clip_score, select_misaligned
+from clip4dm.scores import clip_score, f_clip_score, ref_clip_score, select_misaligned
 from vl_core.capture import Capture
 from vl_core.clip import ClipBackbone
 from vl_core.devices import DeviceLike, DTypeLike
@@ -24,12 +33,16 @@ from vl_core.gradients import batched_grad, partial_autograd
 from vl_core.images import ImageSource, load_image
 from vl_core.tokens import TokenBatch
 
-logger = logging.getLogger("clip4dm")
+__all__ = [
+    "CLIP4DM",
+    "DEFAULT_EPSILON",
+    "DEFAULT_LAYERS",
+    "DEFAULT_MODEL",
+    "DEFAULT_TEMPLATE",
+    "Relevance",
+]
 
-DEFAULT_MODEL = "hf:openai/clip-vit-base-patch32"
-DEFAULT_TEMPLATE = "A photo depicts "
-DEFAULT_EPSILON = -5e-5
-DEFAULT_LAYERS = 3
+logger = logging.getLogger("clip4dm")
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,14 @@ class CLIP4DM:
 
     ``model`` is a name for :func:`vl_core.factory.load_clip` (``hf:<id or dir>``,
     ``openclip:<arch>/<tag or file>``, a local HF directory) or an already loaded backbone.
+
+    A model that must be downloaded from the Hugging Face Hub is announced first, in one line on
+    stderr (`clip4dm._download.announce_download`).
+
+    Raises ``ValueError`` for an unknown mode, a ``layers`` outside the model's text layers, an
+    unknown model name, a model that is not a CLIP (`vl_core.hub.WrongModelError`) or whose
+    weights do not match it (`vl_core.checkpoints.CheckpointError`), and ``OSError`` for a
+    missing directory or weights that cannot be had here (`vl_core.hub.ModelNotAvailableError`).
     """
 
     def __init__(
@@ -67,11 +88,11 @@ class CLIP4DM:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        self.backbone = (
-            model
-            if isinstance(model, ClipBackbone)
-            else load_clip(model, device=device, dtype=dtype)
-        )
+        if isinstance(model, ClipBackbone):
+            self.backbone = model
+        else:
+            announce_download(model)  # one line on stderr before a first download from the hub
+            self.backbone = load_clip(model, device=device, dtype=dtype)
         total = self.backbone.num_text_layers
         if not 1 <= layers <= total:
             raise ValueError(
@@ -87,12 +108,17 @@ class CLIP4DM:
 
     @property
     def model_name(self) -> str:
+        """The backbone's name (as given to the loader)."""
         return self.backbone.name
 
     def detect(
         self, image: ImageSource, text: str, *, references: Sequence[str] | None = None
     ) -> Detection:
-        """Score one (image, caption) pair."""
+        """Score one (image, caption) pair; returns its `Detection`.
+
+        Raises ``ValueError`` for an empty text or an unreadable image
+        (`vl_core.images.ImageLoadError`).
+        """
         refs = [list(references)] if references is not None else None
         return self.detect_batch([image], [text], references=refs)[0]
 
@@ -105,7 +131,11 @@ class CLIP4DM:
         references: Sequence[Sequence[str]] | None = None,
         progress: bool = False,
     ) -> list[Detection]:
-        """Score many pairs, ``batch_size`` at a time; results in input order."""
+        """Score many pairs, ``batch_size`` at a time; returns one `Detection` per pair, in order.
+
+        Raises ``TypeError`` when ``texts`` is a single string, ``ValueError`` for mismatched
+        lengths, a ``batch_size`` below 1, an empty text or an unreadable image.
+        """
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
         if len(images) != len(texts):
@@ -154,7 +184,10 @@ class CLIP4DM:
         return embeddings[torch.tensor(order, device=embeddings.device)]
 
     def token_relevance(self, images: Sequence[ImageSource], texts: Sequence[str]) -> Relevance:
-        """Token relevance of ``template + text`` for each pair, with ONE backward pass."""
+        """Token relevance of ``template + text`` for each pair, with ONE backward pass.
+
+        Returns the batch's `Relevance`; raises ``ValueError`` for an unreadable image.
+        """
         backbone = self.backbone
         full = [self.template + t for t in texts]
         tokens = backbone.tokenize(full)
@@ -223,17 +256,19 @@ class CLIP4DM:
         reference_cosines: list[float] | None,
     ) -> Detection:
         full = self.template + caption
+        skip = len(self.template)
         words = split_words(full)
         groups = align_words(self.backbone.tokenizer, words, content)
         scored: list[WordScore] = []
         unscored: list[str] = []
         index = 0
         for word, group in zip(words, groups, strict=True):
-            if word.start < len(self.template):
+            if word.start < skip:
                 continue  # template words are scored with the text but not reported
             if group.complete and group.tokens:
                 score = float(relevance[group.tokens].mean())
-                scored.append(WordScore(word=word.text, index=index, score=score))
+                span = (word.start - skip, word.end - skip)  # in the caption as given
+                scored.append(WordScore(word.text, index, score, start=span[0], end=span[1]))
             else:
                 unscored.append(word.text)
             index += 1

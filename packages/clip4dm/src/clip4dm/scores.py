@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 from clip4dm.alignment import is_punctuation
+from clip4dm.defaults import MODES, Mode
 from clip4dm.results import WordScore
 
-Mode = Literal["threshold", "most_negative"]
-MODES: tuple[str, ...] = ("threshold", "most_negative")
+__all__ = [
+    "CLIP_SCORE_WEIGHT",
+    "MODES",
+    "Mode",
+    "clip_score",
+    "f_clip_score",
+    "ref_clip_score",
+    "select_misaligned",
+]
+
 CLIP_SCORE_WEIGHT = 2.5
 
 
@@ -29,7 +37,8 @@ def f_clip_score(negative_sum: float, cosine: float) -> float:
 def ref_clip_score(cosine: float, reference_cosines: Sequence[float]) -> float:
     """RefCLIPScore: harmonic mean of CLIPScore and ``2.5 · max_r max(cos(text, ref_r), 0)``.
 
-    Uses ALL references (the reference code stops after the first one by mistake).
+    Uses ALL references (the reference code stops after the first one by mistake). Raises
+    ``ValueError`` when ``reference_cosines`` is empty.
     """
     if not reference_cosines:
         raise ValueError("RefCLIPScore needs at least one reference caption")
@@ -45,6 +54,7 @@ def select_misaligned(
 
     ``most_negative``: the single lowest-scoring word (its score is the sum). ``threshold``: every
     non-punctuation word with score strictly below ``epsilon`` (sum 0.0 when there is none).
+    Returns ``(selected words, negative_sum)``; raises ``ValueError`` for an unknown mode.
     """
     if mode == "most_negative":
         if not words:

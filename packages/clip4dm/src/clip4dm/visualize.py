@@ -2,9 +2,11 @@
 
 Negative scores (evidence of misalignment) are red, positive ones green; a word's colour
 intensity is ``|score| / max |score|`` over the caption. The selected (misaligned) words are
-marked: bold, underlined and boxed in HTML; bold and boxed in the figure. The HTML page is
-self-contained (the image is embedded as base64 JPEG, styles inline). The figure needs matplotlib
-(``pip install "clip4dm[viz]"``), imported only when a figure is drawn.
+marked: bold, underlined and boxed in HTML; bold and boxed in the figure. Each word is placed by
+its character span in the caption (`clip4dm.WordScore.start`/``end``), so the caption keeps its
+own spacing. The HTML page is self-contained (the image is embedded as base64 JPEG, styles
+inline). The figure needs matplotlib (``pip install "clip4dm[viz]"``), imported only when a
+figure is drawn. Files are written atomically (a temporary file renamed over the target).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any, cast
 from PIL import Image
 
 from clip4dm.results import Detection
+from vl_core.cli import require_extra
+from vl_core.files import atomic_save, atomic_write
 from vl_core.images import ImageSource, load_image
 
 __all__ = [
@@ -49,7 +53,7 @@ class _Word:
     text: str
     score: float | None  # None: beyond the context length, not scored
     misaligned: bool
-    start: int | None  # character offset in the caption, when found there
+    start: int | None  # character offset in the caption (None: a word built without its span)
 
 
 @dataclass(frozen=True)
@@ -66,79 +70,52 @@ class _View:
     truncated: bool
 
 
-def _field(source: object, name: str, default: Any = None) -> Any:
-    if isinstance(source, Mapping):
-        return source.get(name, default)
-    return getattr(source, name, default)
-
-
-def _word_entries(items: object) -> list[tuple[str, int, float]]:
-    """(word, index, score) of each entry of a ``words``/``misaligned`` list (objects or dicts)."""
-    if not isinstance(items, Sequence):
-        return []
-    entries: list[tuple[str, int, float]] = []
-    for position, item in enumerate(items):
-        word = _field(item, "word")
-        score = _field(item, "score")
-        index = _field(item, "index", position)
-        if isinstance(word, str) and isinstance(score, int | float):
-            entries.append((word, int(index), float(score)))
-    return entries
-
-
-def _locate(caption: str, words: Sequence[str]) -> list[int | None]:
-    """Character offset of each word in ``caption``, searching left to right."""
+def _unscored_spans(caption: str, words: Sequence[str], cursor: int) -> list[int | None]:
+    """Offsets of the unscored words: they follow the last scored word (ending at ``cursor``) in
+    order, separated only by whitespace, so each is the next occurrence of its text."""
     offsets: list[int | None] = []
-    cursor = 0
-    lowered = caption.casefold()
     for word in words:
-        at = caption.find(word, cursor)
-        if at < 0 and len(word.casefold()) == len(word):
-            at = lowered.find(word.casefold(), cursor)
-        if at < 0:
-            offsets.append(None)
-            continue
-        offsets.append(at)
-        cursor = at + len(word)
+        at = caption.find(word, cursor) if word else -1
+        offsets.append(at if at >= 0 else None)
+        if at >= 0:
+            cursor = at + len(word)
     return offsets
 
 
 def _view(detection: DetectionData) -> _View:
-    """The fields the renderers need, from a `Detection` or its dictionary form."""
-    scored = _word_entries(_field(detection, "words", []))
-    selected = {index for _, index, _ in _word_entries(_field(detection, "misaligned", []))}
-    unscored_raw = _field(detection, "unscored_words", []) or []
-    unscored = [w for w in unscored_raw if isinstance(w, str)]
-    caption = str(_field(detection, "caption", "") or "")
-    if not caption:
-        caption = " ".join([w for w, _, _ in scored] + unscored)
-    texts = [w for w, _, _ in scored] + unscored
-    offsets = _locate(caption, texts)
+    """The fields the renderers need, from a `Detection` or its dictionary form.
+
+    Raises ``ValueError`` when a dictionary is not a detection (`Detection.from_dict`).
+    """
+    found = detection if isinstance(detection, Detection) else Detection.from_dict(detection)
+    selected = {w.index for w in found.misaligned}
+    caption = found.caption or " ".join([w.word for w in found.words] + found.unscored_words)
     words = [
-        _Word(text, score, index in selected, offset)
-        for (text, index, score), offset in zip(scored, offsets, strict=False)
+        _Word(w.word, w.score, w.index in selected, w.start if w.end is not None else None)
+        for w in found.words
     ]
+    ends = [w.end for w in found.words]
+    if all(end is not None for end in ends):
+        cursor = max((end for end in ends if end is not None), default=0)
+        offsets = _unscored_spans(caption, found.unscored_words, cursor)
+    else:  # words without spans (built by hand, or rows of an older version): spaced out
+        offsets = [None] * len(found.unscored_words)
     words += [
         _Word(text, None, False, offset)
-        for text, offset in zip(unscored, offsets[len(scored) :], strict=True)
+        for text, offset in zip(found.unscored_words, offsets, strict=True)
     ]
     scale = max((abs(w.score) for w in words if w.score is not None), default=0.0)
-
-    def number(name: str) -> float | None:
-        value = _field(detection, name)
-        return float(value) if isinstance(value, int | float) else None
-
     return _View(
         caption=caption,
         words=words,
         scale=scale,
-        clip_score=number("clip_score") or 0.0,
-        f_clip_score=number("f_clip_score") or 0.0,
-        cosine=number("cosine"),
-        negative_sum=number("negative_sum"),
-        ref_clip_score=number("ref_clip_score"),
-        mode=str(_field(detection, "mode", "") or ""),
-        truncated=bool(_field(detection, "truncated", False)),
+        clip_score=found.clip_score,
+        f_clip_score=found.f_clip_score,
+        cosine=found.cosine,
+        negative_sum=found.negative_sum,
+        ref_clip_score=found.ref_clip_score,
+        mode=found.mode,
+        truncated=found.truncated,
     )
 
 
@@ -147,7 +124,8 @@ def _intensity(score: float, scale: float) -> float:
 
 
 def word_colour(score: float, scale: float) -> tuple[int, int, int]:
-    """The RGB colour of a word: white blended towards red (negative) or green (positive)."""
+    """The RGB colour of a word: white blended towards red (negative) or green (positive) by
+    ``|score| / scale`` (white when ``scale`` is 0); returns ``(r, g, b)`` in 0..255."""
     target = NEGATIVE_RGB if score < 0 else POSITIVE_RGB
     weight = _intensity(score, scale)
     r, g, b = (round(255 + (c - 255) * weight) for c in target)
@@ -288,9 +266,11 @@ def render_html_report(
     title: str = "clip4dm",
     max_image_side: int = 768,
 ) -> str:
-    """One self-contained HTML page with a section per ``(image, detection, heading)`` entry.
+    """One self-contained HTML page with a section per ``(image, detection, heading)`` entry;
+    returns the page's text.
 
-    ``image`` None shows a placeholder (e.g. a results row whose image file is gone).
+    ``image`` None shows a placeholder (e.g. a results row whose image file is gone). Raises
+    ``ValueError`` for a detection dictionary that is not a detection, or an unreadable image.
     """
     sections = [_section_html(img, det, head, max_image_side) for img, det, head in entries]
     return (
@@ -309,7 +289,10 @@ def render_html(
     title: str = "clip4dm",
     max_image_side: int = 768,
 ) -> str:
-    """A self-contained HTML page: the image, the coloured caption, the scores and a word table."""
+    """A self-contained HTML page: the image, the coloured caption, the scores and a word table.
+
+    Returns the page's text; raises like `render_html_report`.
+    """
     return render_html_report(
         [(image, detection, None)], title=title, max_image_side=max_image_side
     )
@@ -323,26 +306,28 @@ def save_html(
     title: str = "clip4dm",
     max_image_side: int = 768,
 ) -> Path:
-    """Write `render_html` to ``path`` (UTF-8) and return the path."""
-    out = Path(path)
-    out.write_text(
-        render_html(image, detection, title=title, max_image_side=max_image_side),
-        encoding="utf-8",
-    )
-    return out
+    """Write `render_html` to ``path`` (UTF-8, atomically) and return the path.
+
+    Raises like `render_html_report`, and ``OSError`` when the file cannot be written.
+    """
+    page = render_html(image, detection, title=title, max_image_side=max_image_side)
+    return atomic_write(path, page)
 
 
 # -- PNG figure ---------------------------------------------------------------------------------
 
 
 def require_matplotlib() -> None:
-    """Raise a helpful ImportError now if matplotlib (the ``viz`` extra) is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(
-            'PNG figures need matplotlib: pip install "clip4dm[viz]" (or write an .html page)'
-        ) from exc
+    """Check now that matplotlib (the ``viz`` extra) is there.
+
+    Raises `vl_core.cli.MissingExtraError` (an ``ImportError``) naming ``clip4dm[viz]``.
+    """
+    require_extra(
+        "matplotlib",
+        package="clip4dm",
+        extra="viz",
+        feature="PNG figures; an .html page needs nothing",
+    )
 
 
 def save_figure(
@@ -354,9 +339,12 @@ def save_figure(
     width_in: float = 8.0,
     font_size: float = 14.0,
 ) -> Path:
-    """Draw the image above the caption's coloured words, with a colour bar; save as PNG.
+    """Draw the image above the caption's coloured words, with a colour bar; save as PNG
+    (atomically) and return the path.
 
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch).
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch). Raises
+    `vl_core.cli.MissingExtraError` without matplotlib, ``ValueError`` for a detection dictionary
+    that is not a detection or an unreadable image, ``OSError`` when the file cannot be written.
     """
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -457,6 +445,6 @@ def save_figure(
     ticks = [-scale, -scale / 2, 0.0, scale / 2, scale]
     colour_bar.set_ticks(ticks, labels=[f"{t:+.1e}" if t else "0" for t in ticks], fontsize=8)
 
-    out = Path(path)
-    figure.savefig(out, format="png", dpi=dpi, facecolor="white")
-    return out
+    return atomic_save(
+        path, lambda target: figure.savefig(target, format="png", dpi=dpi, facecolor="white")
+    )

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from vl_core.checkpoints import CheckpointError
 from vl_core.clip import ClipBackbone
-from vl_core.hub import hub_errors, is_offline, looks_like_path
+from vl_core.hub import WrongModelError, hub_errors, is_offline, looks_like_path
 from vl_core.tokens import ClipTokenizer
 
 _HINT = (
@@ -24,16 +25,55 @@ _HINT = (
 
 @contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' weight-loading progress bars (they clutter CLI output), then restore."""
+    """Hide transformers' weight-loading progress bars and its load report (they clutter CLI
+    output; a weights mismatch is raised as an error instead), then restore."""
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if enabled:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _some(keys: Sequence[str], shown: int = 4) -> str:
+    """``"a, b, c, d and 7 more"``: the first few of ``keys`` (sorted), then a count."""
+    ordered = sorted(keys)
+    text = ", ".join(ordered[:shown])
+    return text + (f" and {len(ordered) - shown} more" if len(ordered) > shown else "")
+
+
+def _check_loading(name: str, info: dict[str, Any]) -> None:
+    """Raise `CheckpointError` when the weights left keys missing, unexpected or mis-shaped."""
+    problems = []
+    for key, what in (
+        ("missing_keys", "missing"),
+        ("unexpected_keys", "unexpected"),
+        ("mismatched_keys", "of another shape"),
+    ):
+        keys = [k if isinstance(k, str) else str(k[0]) for k in info.get(key) or ()]
+        if keys:
+            problems.append(f"{len(keys)} {what} ({_some(keys)})")
+    if problems:
+        raise CheckpointError(
+            f"the weights of {name} do not match a CLIP model: {'; '.join(problems)} tensor(s): "
+            "the checkpoint is incomplete or of another architecture"
+        )
+
+
+def _check_kind(name: str, config: dict[str, Any]) -> None:
+    """Raise `WrongModelError` when ``config`` (a config.json) is not a CLIP's."""
+    kind = config.get("model_type")
+    if kind != "clip":
+        raise WrongModelError(
+            f"{name} is not a CLIP model (its config.json says model_type {kind!r}): give a "
+            "CLIP model directory or hub id"
+        )
 
 
 class HFTokenizer(ClipTokenizer):
@@ -89,8 +129,13 @@ class HFClipBackbone(ClipBackbone):
 
     @classmethod
     def load(cls, source: str, device: torch.device, dtype: torch.dtype) -> HFClipBackbone:
-        """Load from a hub id or a local directory (eager attention forced)."""
-        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+        """Load from a hub id or a local directory (eager attention forced), strictly.
+
+        Raises ``FileNotFoundError`` for a directory without config.json, `WrongModelError` when
+        the config is not a CLIP's, `CheckpointError` when the weights leave keys missing or
+        unexpected, and `ModelNotAvailableError` when the files cannot be had here.
+        """
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, PretrainedConfig
 
         local = Path(source).expanduser()
         if local.exists() and not (local / "config.json").is_file():
@@ -99,10 +144,18 @@ class HFClipBackbone(ClipBackbone):
             raise FileNotFoundError(f"no such HF model directory: {local}")
         kwargs: dict[str, Any] = {"local_files_only": is_offline() or local.is_dir()}
         where = str(local) if local.is_dir() else source
-        with hub_errors(f"hf:{source}", _HINT), _quiet_progress():
-            model = CLIPModel.from_pretrained(where, attn_implementation="eager", **kwargs)
+        name = f"hf:{source}"
+        with hub_errors(name, _HINT), _quiet_progress():
+            config, _ = PretrainedConfig.get_config_dict(where, **kwargs)
+        _check_kind(name, config)  # before loading: another kind would load as a random CLIP
+        with hub_errors(name, _HINT), _quiet_progress():
+            loaded: Any = CLIPModel.from_pretrained(
+                where, attn_implementation="eager", output_loading_info=True, **kwargs
+            )
+            model, info = cast(tuple[nn.Module, dict[str, Any]], loaded)
             tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
             processor = CLIPImageProcessor.from_pretrained(where, **kwargs)
+        _check_loading(name, info)
         context = int(cast(Any, model.config).text_config.max_position_embeddings)
         return cls(source, model, HFTokenizer(tokenizer, context), processor, device, dtype)
 

@@ -6,33 +6,39 @@ registry, scores it, and writes ``samples.jsonl`` and ``result.json``; see docs/
 
 from __future__ import annotations
 
-from clip4dm.eval.config import EvalConfig
-from clip4dm.eval.errors import DataError, EvalError
-from clip4dm.eval.hat import Phrase, lowest_phrase, merge_phrases
-from clip4dm.eval.metrics import (
-    Outcome,
-    average_precision,
-    localisation_accuracy,
-    micro_prf,
-    pearson,
-    spearman,
-    summarise,
-)
-from clip4dm.eval.nli import DEFAULT_NLI_MODEL, NLIScorer
-from clip4dm.eval.richhf import richhf_tokens
-from clip4dm.eval.runner import EvalSummary, run_eval
-from clip4dm.eval.samples import (
-    BadRecord,
-    Benchmark,
-    DataSource,
-    GroundTruth,
-    Judgement,
-    Record,
-    Sample,
-    available_benchmarks,
-    get_benchmark,
-    register_benchmark,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "BadRecord": "clip4dm.eval.samples",
+    "Benchmark": "clip4dm.eval.samples",
+    "DEFAULT_NLI_MODEL": "clip4dm.eval.nli",
+    "DataError": "clip4dm.eval.errors",
+    "DataSource": "clip4dm.eval.samples",
+    "EvalConfig": "clip4dm.eval.config",
+    "EvalError": "clip4dm.eval.errors",
+    "EvalSummary": "clip4dm.eval.runner",
+    "GroundTruth": "clip4dm.eval.samples",
+    "Judgement": "clip4dm.eval.samples",
+    "NLIScorer": "clip4dm.eval.nli",
+    "Outcome": "clip4dm.eval.metrics",
+    "Phrase": "clip4dm.eval.hat",
+    "Record": "clip4dm.eval.samples",
+    "Sample": "clip4dm.eval.samples",
+    "available_benchmarks": "clip4dm.eval.samples",
+    "average_precision": "clip4dm.eval.metrics",
+    "get_benchmark": "clip4dm.eval.samples",
+    "localisation_accuracy": "clip4dm.eval.metrics",
+    "lowest_phrase": "clip4dm.eval.hat",
+    "merge_phrases": "clip4dm.eval.hat",
+    "micro_prf": "clip4dm.eval.metrics",
+    "pearson": "clip4dm.eval.metrics",
+    "register_benchmark": "clip4dm.eval.samples",
+    "richhf_tokens": "clip4dm.eval.richhf",
+    "run_eval": "clip4dm.eval.runner",
+    "spearman": "clip4dm.eval.metrics",
+    "summarise": "clip4dm.eval.metrics",
+}
 
 __all__ = [
     "DEFAULT_NLI_MODEL",
@@ -64,3 +70,47 @@ __all__ = [
     "spearman",
     "summarise",
 ]
+
+if TYPE_CHECKING:
+    from clip4dm.eval.config import EvalConfig
+    from clip4dm.eval.errors import DataError, EvalError
+    from clip4dm.eval.hat import Phrase, lowest_phrase, merge_phrases
+    from clip4dm.eval.metrics import (
+        Outcome,
+        average_precision,
+        localisation_accuracy,
+        micro_prf,
+        pearson,
+        spearman,
+        summarise,
+    )
+    from clip4dm.eval.nli import DEFAULT_NLI_MODEL, NLIScorer
+    from clip4dm.eval.richhf import richhf_tokens
+    from clip4dm.eval.runner import EvalSummary, run_eval
+    from clip4dm.eval.samples import (
+        BadRecord,
+        Benchmark,
+        DataSource,
+        GroundTruth,
+        Judgement,
+        Record,
+        Sample,
+        available_benchmarks,
+        get_benchmark,
+        register_benchmark,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """The public name ``name``, imported at first use (so ``clip4dm eval --help`` loads no
+    model code). Raises ``AttributeError`` for a name the package does not export."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clip4dm.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

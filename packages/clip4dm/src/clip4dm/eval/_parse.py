@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from clip4dm._lines import read_lines
 from clip4dm.eval.errors import DataError
 from clip4dm.eval.samples import BadRecord, Record
 
@@ -16,9 +17,12 @@ class RecordError(ValueError):
 
 
 def read_json(path: Path) -> Any:
-    """The JSON document in ``path``; any failure is a `DataError` naming the file."""
+    """The JSON document in ``path`` (a UTF-8 byte-order mark is ignored).
+
+    Raises `DataError` naming the file for any failure (missing, unreadable, not JSON).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"data file {str(path)!r} not found") from None
     except IsADirectoryError:
@@ -34,20 +38,27 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any | RecordError]]:
-    """``(line number, object)`` for each non-blank line; an invalid line yields a `RecordError`."""
+    """``(line number, object)`` for each non-blank line; a line that is not JSON (or not UTF-8)
+    yields a `RecordError`. A UTF-8 byte-order mark is ignored.
+
+    Raises `DataError` when the file as a whole cannot be read.
+    """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = list(read_lines(path))
     except FileNotFoundError:
         raise DataError(f"data file {str(path)!r} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read data file {str(path)!r}: {exc}") from exc
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
+    except IsADirectoryError:
+        raise DataError(f"data path {str(path)!r} is a directory, expected a .jsonl file") from None
+    except OSError as exc:
+        raise DataError(f"cannot read data file {str(path)!r}: {exc.strerror}") from exc
+    for line in lines:
+        if line.text is None:
+            yield line.number, RecordError(line.error or "unreadable line")
             continue
         try:
-            yield number, json.loads(raw)
+            yield line.number, json.loads(line.text)
         except json.JSONDecodeError as exc:
-            yield number, RecordError(f"invalid JSON ({exc.msg}, column {exc.colno})")
+            yield line.number, RecordError(f"invalid JSON ({exc.msg}, column {exc.colno})")
 
 
 def as_object(value: Any) -> Mapping[str, Any]:

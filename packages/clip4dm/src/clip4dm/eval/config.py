@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clip4dm.detector import DEFAULT_MODEL
-from clip4dm.eval.errors import EvalError
+from clip4dm.defaults import DEFAULT_MODEL, Mode
+from clip4dm.eval.errors import DataError, EvalError
 from clip4dm.eval.nli import DEFAULT_NLI_MODEL
 from clip4dm.eval.samples import Benchmark
-from clip4dm.scores import Mode
+from vl_core.files import file_fingerprint
 
-__all__ = ["EvalConfig", "Method", "identity", "resolve_method"]
+__all__ = [
+    "EvalConfig",
+    "Method",
+    "fingerprint",
+    "identity",
+    "input_fingerprints",
+    "resolve_method",
+]
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """What to evaluate and how. ``mode``, ``epsilon``, ``layers`` and ``template`` default to
-    the benchmark's setting in the paper; ``nli_model=None`` skips the NLI score."""
+    the benchmark's setting in the paper; ``nli_model=None`` skips the NLI score.
+    ``choose_epsilon_on``: validation data (same benchmark and images) on which epsilon is chosen
+    from ``epsilon_grid`` (default `clip4dm.eval.epsilon.DEFAULT_EPSILON_GRID`), instead of
+    ``epsilon``; see `clip4dm.eval.epsilon`. ``overwrite`` starts the output directory over
+    (also when it holds a run over other inputs or settings)."""
 
     benchmark: str
     data: str
@@ -38,6 +50,9 @@ class EvalConfig:
     nli_batch_size: int = 16
     verify_crc: bool = True
     limit: int | None = None
+    choose_epsilon_on: str | None = None
+    epsilon_grid: tuple[float, ...] | None = None
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,8 +74,40 @@ def _data_name(data: str) -> str:
     return str(path.resolve()) if path.exists() else data
 
 
+def fingerprint(data: str) -> dict[str, Any] | None:
+    """Size and SHA-256 of a data file; for a directory (a saved dataset), of its files' paths
+    and contents; ``None`` for a name that is not a path (a hub data set id).
+
+    Raises `DataError` when the files cannot be read.
+    """
+    path = Path(data).expanduser()
+    try:
+        if path.is_file():
+            return file_fingerprint(path)
+        if not path.is_dir():
+            return None
+        digest = hashlib.sha256()
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            found = file_fingerprint(file)
+            digest.update(f"{file.relative_to(path).as_posix()}\0{found['sha256']}\n".encode())
+        return {"files": len(files), "sha256": digest.hexdigest()}
+    except OSError as exc:
+        raise DataError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+
+
+def input_fingerprints(config: EvalConfig) -> dict[str, Any]:
+    """Fingerprints of the run's input files (``data``, and ``references`` when given), so that a
+    resume over changed inputs is noticed. Raises `DataError` when they cannot be read."""
+    found = {"data_fingerprint": fingerprint(config.data)}
+    if config.references is not None:
+        found["references_fingerprint"] = fingerprint(config.references)
+    return found
+
+
 def identity(config: EvalConfig, bench: Benchmark, method: Method) -> dict[str, Any]:
-    """The settings a resumed run must share with the rows already written."""
+    """The settings a resumed run must share with the rows already written (recorded in
+    ``result.json`` and, with `input_fingerprints`, in ``run.json``)."""
     return {
         "benchmark": bench.name,
         "data": _data_name(config.data),
@@ -78,13 +125,16 @@ def identity(config: EvalConfig, bench: Benchmark, method: Method) -> dict[str, 
 
 
 def resolve_method(config: EvalConfig, bench: Benchmark) -> Method:
-    """The method settings of ``config`` for ``bench``; option errors raise `EvalError`."""
+    """The method settings of ``config`` for ``bench``, its defaults filled in.
+
+    Raises `EvalError` for options that do not fit the benchmark.
+    """
     if config.batch_size < 1:
         raise EvalError(f"batch size must be >= 1, got {config.batch_size}")
     if config.limit is not None and config.limit < 1:
         raise EvalError(f"limit must be >= 1, got {config.limit}")
     if bench.needs_images and config.images is None:
-        raise EvalError(f"{bench.name} needs --images DIR ({bench.data_help})")
+        raise EvalError(f"{bench.name} needs --images-root DIR ({bench.data_help})")
     if config.references is not None and bench.name != "foil":
         raise EvalError("--references (COCO captions) is for foil; the others carry their own")
     layers = bench.layers if config.layers is None else config.layers

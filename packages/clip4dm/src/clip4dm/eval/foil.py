@@ -4,6 +4,12 @@ File: ``foilv1.0_test_2017.json``, COCO-style ``images[{id, file_name}]`` and
 ``annotations[{id, image_id, caption, foil_word, foil, target_word}]``; ``foil_word == "ORIG"``
 marks an original caption. Images: COCO val2014. Optional references: COCO
 ``captions_val2014.json`` (the captions of the same image, minus the annotation's own caption).
+
+Optional annotation fields (the shapes world's files carry them): ``foil_word_index``, the
+position of the foil word among the caption's whitespace-separated words (then ``LA_exact`` is
+reported), and ``foil_kind`` (then the metrics are also given per kind, in ``groups``). Captions
+of one image are paired: the ``pairwise`` metric is how often the CLIP scores the image's original
+captions above its foils.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from clip4dm.eval._parse import (
     parse_records,
     read_json,
 )
+from clip4dm.eval._positions import chunk_positions, chunk_word
 from clip4dm.eval.errors import DataError
 from clip4dm.eval.samples import (
     Benchmark,
@@ -85,16 +92,22 @@ def load_foil(source: DataSource) -> list[Record]:
         meta = {"annotation_id": get_field(ann, "id"), "image_id": get_field(ann, "image_id")}
         if "target_word" in ann:
             meta["target_word"] = ann["target_word"]
+        kind = None if aligned else _foil_kind(ann)
+        positions = () if aligned else _foil_positions(ann, caption, foil_word)
         return [
             Sample(
                 id=str(index),
                 image=image_path(source.images, files[image_id], path.parent),
                 caption=caption,
-                ground_truth=GroundTruth(aligned=aligned, words=() if aligned else (foil_word,)),
+                ground_truth=GroundTruth(
+                    aligned=aligned, words=() if aligned else (foil_word,), positions=positions
+                ),
+                group=kind,
                 references=refs,
                 image_name=files[image_id],
                 source=where,
                 meta=meta,
+                pair=image_id,
             )
         ]
 
@@ -106,14 +119,41 @@ def load_foil(source: DataSource) -> list[Record]:
     )
 
 
-def judge_word(sample: Sample, detection: Detection, template: str) -> Judgement:
-    """The lowest-scoring selected word; correct when it equals the foil word (lower-cased)."""
+def _foil_kind(ann: Mapping[str, Any]) -> str | None:
+    kind = ann.get("foil_kind")
+    if kind is not None and not isinstance(kind, str):
+        raise RecordError(f"'foil_kind' must be a string, got {type(kind).__name__}")
+    return kind
+
+
+def _foil_positions(ann: Mapping[str, Any], caption: str, foil_word: str) -> tuple[int, ...]:
+    """clip4dm's word position of the foil word, from the optional ``foil_word_index``."""
+    index = ann.get("foil_word_index")
+    if index is None:
+        return ()
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise RecordError(f"'foil_word_index' must be an integer, got {index!r}")
+    try:
+        named = chunk_word(caption, index)
+    except IndexError as exc:
+        raise RecordError(f"'foil_word_index': {exc}") from None
+    if named.lower() != foil_word.lower():
+        raise RecordError(
+            f"'foil_word_index' {index} names {named!r}, not the foil word {foil_word!r}"
+        )
+    return chunk_positions(caption, [index])
+
+
+def judge_word(sample: Sample, detection: Detection) -> Judgement:
+    """The lowest-scoring selected word; correct when it equals the foil word (lower-cased);
+    exact when it is also at the foil word's position (where the data gives it)."""
     lowest = min(detection.misaligned, key=lambda w: w.score, default=None)
     prediction = lowest.word.lower() if lowest is not None else None
     truth = sample.ground_truth
     if truth.aligned:
         return Judgement(prediction)
-    return Judgement(prediction, correct=prediction == truth.words[0].lower())
+    exact = (lowest is not None and lowest.index in truth.positions) if truth.positions else None
+    return Judgement(prediction, correct=prediction == truth.words[0].lower(), exact=exact)
 
 
 FOIL = register_benchmark(
@@ -124,7 +164,8 @@ FOIL = register_benchmark(
         judge=judge_word,
         mode="most_negative",
         positive="aligned",
-        data_help="foilv1.0_test_2017.json; --images: COCO val2014 images; "
+        data_help="foilv1.0_test_2017.json; --images-root: COCO val2014 images; "
         "--references: COCO captions_val2014.json (optional, for RefCLIPScore)",
+        group_by="foil_kind",
     )
 )

@@ -4,6 +4,8 @@ File: ``hat-trainval.json``, a list of ``{sample_id, caption, grounding: [[word,
 ...], contains_hallucination, image_path, references}``. Ground truth: the hallucinated words with
 "." and "," stripped; none means aligned. A prediction is a phrase: selected words that are adjacent
 among the caption's non-punctuation words are merged, and the phrase with the lowest mean score wins.
+When the grounding words are the caption's whitespace-separated words, their positions are known
+and ``LA_exact`` is reported too (every word of the predicted phrase is a hallucinated one).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from clip4dm.eval._parse import (
     parse_records,
     read_json,
 )
+from clip4dm.eval._positions import chunk_positions
 from clip4dm.eval.errors import DataError
 from clip4dm.eval.samples import (
     Benchmark,
@@ -84,9 +87,10 @@ def _contiguous_in(part: Sequence[str], whole: Sequence[str]) -> bool:
     return n > 0 and any(list(whole[i : i + n]) == list(part) for i in range(len(whole) - n + 1))
 
 
-def judge_phrase(sample: Sample, detection: Detection, template: str) -> Judgement:
+def judge_phrase(sample: Sample, detection: Detection) -> Judgement:
     """The lowest phrase; correct when its words (lower-cased) appear, in order and adjacent, among
-    the hallucinated words."""
+    the hallucinated words; exact when every word of it is at a hallucinated position (where the
+    data gives the positions)."""
     best = lowest_phrase(merge_phrases(detection.words, detection.misaligned))
     prediction = best.text.lower() if best is not None else None
     truth = sample.ground_truth
@@ -95,7 +99,10 @@ def judge_phrase(sample: Sample, detection: Detection, template: str) -> Judgeme
     correct = best is not None and _contiguous_in(
         [w.word.lower() for w in best.words], [w.lower() for w in truth.words]
     )
-    return Judgement(prediction, correct=correct)
+    exact = None
+    if truth.positions:
+        exact = best is not None and all(w.index in truth.positions for w in best.words)
+    return Judgement(prediction, correct=correct, exact=exact)
 
 
 def _hallucinated_words(grounding: Any) -> tuple[str, ...]:
@@ -117,6 +124,14 @@ def _hallucinated_words(grounding: Any) -> tuple[str, ...]:
     return tuple(words)
 
 
+def _hallucinated_positions(grounding: list[list[Any]], caption: str) -> tuple[int, ...]:
+    """clip4dm's word positions of the hallucinated words, when the grounding words are the
+    caption's whitespace-separated words (otherwise their positions are unknown: ``()``)."""
+    if [pair[0] for pair in grounding] != caption.split():
+        return ()
+    return chunk_positions(caption, [k for k, pair in enumerate(grounding) if pair[1]])
+
+
 def load_hat(source: DataSource) -> list[Record]:
     """One sample per entry (ids are the entries' ``sample_id``)."""
     path = Path(source.data)
@@ -136,13 +151,15 @@ def load_hat(source: DataSource) -> list[Record]:
         where = f"{where} (sample_id {sample_id})"
         caption = get_str(entry, "caption").strip()
         image = get_str(entry, "image_path")
-        words = _hallucinated_words(get_field(entry, "grounding"))
+        grounding = get_field(entry, "grounding")
+        words = _hallucinated_words(grounding)
+        positions = _hallucinated_positions(grounding, caption) if words else ()
         return [
             Sample(
                 id=sample_id,
                 image=image_path(source.images, image, path.parent),
                 caption=caption,
-                ground_truth=GroundTruth(aligned=not words, words=words),
+                ground_truth=GroundTruth(aligned=not words, words=words, positions=positions),
                 references=tuple(get_str_list(entry, "references", required=False)),
                 image_name=image,
                 source=where,
@@ -160,6 +177,6 @@ HAT = register_benchmark(
         judge=judge_phrase,
         mode="threshold",
         positive="misaligned",
-        data_help="hat-trainval.json (ALOHa); --images: the COCO images its image_path names",
+        data_help="hat-trainval.json (ALOHa); --images-root: the COCO images its image_path names",
     )
 )

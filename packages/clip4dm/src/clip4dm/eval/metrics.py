@@ -1,4 +1,5 @@
-"""Benchmark metrics: localisation accuracy, average precision, micro P/R/F1, correlations, NLI.
+"""Benchmark metrics: localisation accuracy (LA, LA_exact, LA_chance), average precision, micro
+P/R/F1, correlations, NLI, and the pairwise CLIPScore comparison of FOIL-style data.
 
 All are computed from `Outcome`s (one per scored sample, read back from ``samples.jsonl``), so a
 sharded run and a single-process run that wrote the same rows get the same numbers.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,11 @@ from clip4dm.eval.samples import Benchmark
 __all__ = [
     "Outcome",
     "average_precision",
+    "chance_accuracy",
+    "exact_accuracy",
     "localisation_accuracy",
     "micro_prf",
+    "pairwise_accuracy",
     "pearson",
     "rankdata",
     "spearman",
@@ -33,7 +37,14 @@ SCORES = ("CLIPScore", "F-CLIPScore", "RefCLIPScore")
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the metrics need from one scored sample."""
+    """What the metrics need from one scored sample.
+
+    ``exact``: the prediction is at the misaligned word positions (``None`` without positions);
+    ``chance``: the chance that one word drawn at random from the caption is misaligned
+    (misaligned captions only); ``pair``: the image the caption belongs to (FOIL-style data);
+    ``pairwise``: the share of the aligned captions of the same ``pair`` whose CLIPScore is above
+    this misaligned caption's (ties count half), filled in by `with_pairwise`.
+    """
 
     aligned: bool
     clip_score: float
@@ -46,12 +57,18 @@ class Outcome:
     nli_score: float | None = None
     human_score: float | None = None
     group: str | None = None
+    exact: bool | None = None
+    chance: float | None = None
+    pair: str | None = None
+    pairwise: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Outcome:
-        """From a result row of ``samples.jsonl`` (not an error row)."""
+        """From a result row of ``samples.jsonl`` (not an error row). Raises ``KeyError`` or
+        ``TypeError`` for a row without the fields of a result row."""
+        truth = row["ground_truth"]
         return cls(
-            aligned=bool(row["ground_truth"]["aligned"]),
+            aligned=bool(truth["aligned"]),
             clip_score=float(row["clip_score"]),
             f_clip_score=float(row["f_clip_score"]),
             ref_clip_score=row.get("ref_clip_score"),
@@ -60,8 +77,11 @@ class Outcome:
             fp=row.get("fp"),
             fn=row.get("fn"),
             nli_score=row.get("nli_score"),
-            human_score=row.get("gt_score"),
+            human_score=row.get("human_score"),  # clip4dm.rows.upgrade renames gt_score
             group=row.get("group"),
+            exact=row.get("correct_exact"),
+            chance=_chance(truth, row.get("words")),
+            pair=row.get("pair"),
         )
 
     def score(self, name: str) -> float | None:
@@ -71,6 +91,14 @@ class Outcome:
             "F-CLIPScore": self.f_clip_score,
             "RefCLIPScore": self.ref_clip_score,
         }[name]
+
+
+def _chance(truth: Mapping[str, Any], words: Any) -> float | None:
+    """Misaligned words / scored words of a misaligned caption (``None`` for aligned ones)."""
+    if truth.get("aligned", True) or not isinstance(words, list) or not words:
+        return None
+    wrong = len(truth.get("positions") or truth.get("words") or ())
+    return wrong / len(words) if wrong else None
 
 
 def _finite(value: float) -> float | None:
@@ -101,6 +129,50 @@ def localisation_accuracy(outcomes: Sequence[Outcome]) -> float | None:
     if not misaligned:
         return None
     return sum(o.correct is True for o in misaligned) / len(misaligned)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(sum(values)) / len(values) if values else None
+
+
+def exact_accuracy(outcomes: Sequence[Outcome]) -> float | None:
+    """``LA_exact``: predictions at exactly the misaligned word positions / misaligned captions
+    whose data gives the positions; ``None`` when none does. Stricter than LA where a caption
+    repeats the misaligned word elsewhere."""
+    return _mean([o.exact is True for o in outcomes if not o.aligned and o.exact is not None])
+
+
+def chance_accuracy(outcomes: Sequence[Outcome]) -> float | None:
+    """``LA_chance``: the mean, over misaligned captions, of the chance that a word drawn at
+    random is misaligned (1 / words for a one-word foil); ``None`` without such captions."""
+    return _mean([o.chance for o in outcomes if not o.aligned and o.chance is not None])
+
+
+def with_pairwise(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """``outcomes`` with `Outcome.pairwise` filled in for each misaligned caption that has
+    aligned captions of the same `Outcome.pair`: the share of them whose CLIPScore is higher
+    (ties count half). Values already set are kept, so a subset of filled outcomes keeps its
+    values. Returns a new list in the same order."""
+    aligned: dict[str, list[float]] = {}
+    for o in outcomes:
+        if o.aligned and o.pair is not None:
+            aligned.setdefault(o.pair, []).append(o.clip_score)
+    out: list[Outcome] = []
+    for o in outcomes:
+        scores = aligned.get(o.pair) if o.pair is not None else None
+        if o.aligned or o.pairwise is not None or not scores:
+            out.append(o)
+            continue
+        won = sum(s > o.clip_score for s in scores) + 0.5 * sum(s == o.clip_score for s in scores)
+        out.append(replace(o, pairwise=won / len(scores)))
+    return out
+
+
+def pairwise_accuracy(outcomes: Sequence[Outcome]) -> float | None:
+    """``pairwise``: how often the CLIP scores a misaligned caption below the aligned captions
+    of its image (mean of `Outcome.pairwise` after `with_pairwise`; 0.5 = it cannot tell them
+    apart); ``None`` when the data pairs no captions."""
+    return _mean([o.pairwise for o in with_pairwise(outcomes) if o.pairwise is not None])
 
 
 def micro_prf(tp: int, fp: int, fn: int) -> dict[str, float | None]:
@@ -160,6 +232,12 @@ def summarise(outcomes: Sequence[Outcome], benchmark: Benchmark) -> dict[str, An
     }
     if benchmark.localisation:
         out["LA"] = localisation_accuracy(outcomes)
+        for name, value in (
+            ("LA_exact", exact_accuracy(outcomes)),
+            ("LA_chance", chance_accuracy(outcomes)),
+        ):
+            if value is not None:  # only where the data gives positions / words
+                out[name] = value
     positive_aligned = benchmark.positive == "aligned"
     labels = [o.aligned == positive_aligned for o in outcomes]
     ap: dict[str, float | None] = {}
@@ -185,10 +263,15 @@ def summarise(outcomes: Sequence[Outcome], benchmark: Benchmark) -> dict[str, An
     if benchmark.nli:
         nli = [o.nli_score for o in outcomes if o.nli_score is not None]
         out["NLI"] = sum(nli) / len(nli) if nli else None
+    pairwise = pairwise_accuracy(outcomes)
+    if pairwise is not None:
+        out["pairwise"] = pairwise
     return out
 
 
 def summarise_groups(outcomes: Sequence[Outcome], benchmark: Benchmark) -> dict[str, Any]:
-    """`summarise` per group (sorted by name); samples without a group are left out."""
-    groups = sorted({o.group for o in outcomes if o.group is not None})
-    return {g: summarise([o for o in outcomes if o.group == g], benchmark) for g in groups}
+    """`summarise` per group (sorted by name); samples without a group are left out (the
+    pairwise metric of a group still compares with the aligned captions of any group)."""
+    filled = with_pairwise(outcomes)
+    groups = sorted({o.group for o in filled if o.group is not None})
+    return {g: summarise([o for o in filled if o.group == g], benchmark) for g in groups}

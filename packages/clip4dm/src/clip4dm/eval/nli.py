@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from vl_core.devices import DeviceLike, resolve_device
+from vl_core.cli import require_extra
 from vl_core.hub import ModelNotAvailableError, hub_errors, looks_like_path
+
+if TYPE_CHECKING:
+    from vl_core.devices import DeviceLike
 
 __all__ = ["DEFAULT_NLI_MODEL", "NLIScorer"]
 
@@ -30,7 +31,12 @@ def _label_index(label2id: dict[str, int], name: str, default: int) -> int:
 
 
 class NLIScorer:
-    """Entailment probability of hypotheses given premises, with an MNLI sequence classifier."""
+    """Entailment probability of hypotheses given premises, with an MNLI sequence classifier.
+
+    Raises `vl_core.cli.MissingExtraError` (an ``ImportError`` naming ``clip4dm[nli]``) without
+    transformers, ``ValueError`` for a ``batch_size`` below 1, and
+    `vl_core.hub.ModelNotAvailableError` (an ``OSError``) when the model cannot be had here.
+    """
 
     def __init__(
         self,
@@ -40,12 +46,11 @@ class NLIScorer:
         batch_size: int = 16,
         lowercase: bool = True,
     ) -> None:
-        try:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        except ImportError as exc:  # pragma: no cover - transformers comes with vl-core
-            raise ImportError(
-                "the NLI score needs transformers: pip install 'clip4dm[nli]'"
-            ) from exc
+        transformers = require_extra(
+            "transformers", package="clip4dm", extra="nli", feature="the NLI score"
+        )
+        from vl_core.devices import resolve_device
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.name = model
@@ -56,8 +61,9 @@ class NLIScorer:
         if looks_like_path(model) and not Path(model).expanduser().is_dir():
             raise ModelNotAvailableError(model, "no such directory", hint)
         with hub_errors(model, hint):
-            self.tokenizer: Any = AutoTokenizer.from_pretrained(model)
-            self.model: Any = AutoModelForSequenceClassification.from_pretrained(model)
+            self.tokenizer: Any = transformers.AutoTokenizer.from_pretrained(model)
+            classifier = transformers.AutoModelForSequenceClassification
+            self.model: Any = classifier.from_pretrained(model)
         self.model.to(self.device).eval()
         label2id = {str(k): int(v) for k, v in (self.model.config.label2id or {}).items()}
         # facebook/bart-large-mnli orders its labels contradiction, neutral, entailment
@@ -65,7 +71,12 @@ class NLIScorer:
         self.entailment = _label_index(label2id, "entailment", 2)
 
     def score(self, premises: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
-        """One entailment probability per pair; 0.0 where the hypothesis is empty."""
+        """One entailment probability per pair; 0.0 where the hypothesis is empty.
+
+        Raises ``ValueError`` when there are not as many premises as hypotheses.
+        """
+        import torch
+
         if len(premises) != len(hypotheses):
             raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
         scores = [0.0] * len(premises)

@@ -37,7 +37,10 @@ __all__ = ["NOCAPS_FOIL", "load_nocaps_foil"]
 
 
 def load_nocaps_foil(source: DataSource) -> list[Record]:
-    """Two samples per entry, foil caption first."""
+    """Two samples per entry, foil caption first.
+
+    Raises `DataError` when the file as a whole cannot be used; a bad entry gives `BadRecord`s.
+    """
     path = Path(source.data)
     data = read_json(path)
     if not isinstance(data, list):
@@ -97,7 +100,7 @@ NOCAPS_FOIL = register_benchmark(
         mode="most_negative",
         positive="aligned",
         group_by="domain",
-        data_help="nocaps-val-foil.json (ALOHa); --images: the nocaps validation images",
+        data_help="nocaps-val-foil.json (ALOHa); --images-root: the nocaps validation images",
         aliases=("nocaps", "nocaps_foil"),
     )
 )

@@ -3,7 +3,7 @@
 File: ``test.tfrecord`` of ``tf.train.Example`` records with ``filename``, ``misalignment_score``
 (a rating, higher = better aligned) and ``prompt_misalignment_label`` (space-separated labels,
 ``0`` = misaligned, over the prompt split on any of ``,.?!":;`` and space). Prompts and images are
-Pick-a-Pic's, stored per filename stem as ``<stem>.txt`` and ``<stem>.png`` under ``--images``
+Pick-a-Pic's, stored per filename stem as ``<stem>.txt`` and ``<stem>.png`` under ``--images-root``
 (the layout the authors' download script writes). A JSON Lines export with the same three fields
 (plus optional ``prompt`` and ``image``) is read too.
 """
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clip4dm.alignment import Word, split_words
 from clip4dm.eval._parse import (
     RecordError,
     as_object,
@@ -44,7 +43,6 @@ __all__ = [
     "DELIMITERS",
     "RICH_HF",
     "Token",
-    "caption_words",
     "judge_tokens",
     "load_richhf",
     "predicted_tokens",
@@ -70,34 +68,31 @@ def richhf_tokens(prompt: str) -> list[Token]:
     return [Token(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(prompt)]
 
 
-def caption_words(caption: str, template: str) -> list[Word]:
-    """The caption's words with spans in ``caption``, indexed as the detector indexes them."""
-    skip = len(template)
-    return [
-        Word(w.text, w.start - skip, w.end - skip)
-        for w in split_words(template + caption)
-        if w.start >= skip
-    ]
+def predicted_tokens(caption: str, selected: Sequence[WordScore]) -> list[int]:
+    """Indices of the Rich-HF tokens of ``caption`` that overlap a selected word, by the word's
+    character span (`WordScore.start`/``end``, as the detector recorded it).
 
-
-def predicted_tokens(caption: str, template: str, selected: Sequence[WordScore]) -> list[int]:
-    """Indices of the Rich-HF tokens that overlap a selected word (by characters)."""
-    words = caption_words(caption, template)
+    Raises ``ValueError`` for a word without a span or whose span does not hold it in ``caption``.
+    """
     tokens = richhf_tokens(caption)
     found: set[int] = set()
     for word in selected:
-        if not 0 <= word.index < len(words) or words[word.index].text != word.word:
-            raise ValueError(f"word {word.word!r} #{word.index} is not a word of {caption!r}")
-        span = words[word.index]
-        found.update(i for i, t in enumerate(tokens) if t.start < span.end and span.start < t.end)
+        start, end = word.start, word.end
+        if start is None or end is None or caption[start:end] != word.word:
+            raise ValueError(
+                f"word {word.word!r} #{word.index} (span {start}..{end}) is not a word of "
+                f"{caption!r}"
+            )
+        found.update(i for i, t in enumerate(tokens) if t.start < end and start < t.end)
     return sorted(found)
 
 
-def judge_tokens(sample: Sample, detection: Detection, template: str) -> Judgement:
+def judge_tokens(sample: Sample, detection: Detection) -> Judgement:
     """Predicted ``(index, token)`` pairs matched against the labelled ones: TP, FP, FN counts;
-    correct (for a misaligned prompt) when at least one is a true positive."""
+    correct (for a misaligned prompt) when at least one is a true positive. Raises
+    ``ValueError`` like `predicted_tokens`."""
     tokens = richhf_tokens(sample.caption)
-    predicted = set(predicted_tokens(sample.caption, template, detection.misaligned))
+    predicted = set(predicted_tokens(sample.caption, detection.misaligned))
     truth = {index for index, _ in sample.ground_truth.tokens}
     tp = len(predicted & truth)
     return Judgement(
@@ -155,7 +150,7 @@ def _sample(
         image=path,
         caption=prompt,
         ground_truth=GroundTruth(aligned=not misaligned, tokens=misaligned),
-        score=score,
+        human_score=score,
         image_name=image if image is not None else path.name,
         source=where,
         meta={"filename": filename},
@@ -251,7 +246,10 @@ def _load_jsonl(path: Path, images: Path) -> list[Record]:
 
 
 def load_richhf(source: DataSource) -> list[Record]:
-    """One sample per record (ids are the filenames), from a TFRecord file or a JSONL export."""
+    """One sample per record (ids are the filenames), from a TFRecord file or a JSONL export.
+
+    Raises `DataError` when the file as a whole cannot be read; a bad record is a `BadRecord`.
+    """
     path = Path(source.data).expanduser()
     images = source.images if source.images is not None else path.parent
     if path.suffix.lower() == ".jsonl":
@@ -271,7 +269,7 @@ RICH_HF = register_benchmark(
         positive="misaligned",
         token_prf=True,
         correlation=True,
-        data_help="RichHF-18K test.tfrecord (or a .jsonl export); --images: a directory with "
+        data_help="RichHF-18K test.tfrecord (or a .jsonl export); --images-root: a directory with "
         "<stem>.png and <stem>.txt (the Pick-a-Pic image and prompt) per filename",
         aliases=("rich-hf", "richhf-18k", "rich_hf"),
     )

@@ -1,18 +1,19 @@
 """One evaluation run: load a benchmark, score every sample, write ``samples.jsonl`` and ``result.json``.
 
-The output directory holds ``run.json`` (the settings, checked when a run resumes),
-``samples.jsonl`` (one row per sample, appended as it is scored) and, at the end, ``result.json``
-(metrics, per-group metrics, configuration, model identity, package versions). Rerunning the same
-command skips finished samples and retries error rows. Under ``torchrun`` each rank scores every
-N-th batch into ``.shards/rank-K.jsonl``; rank 0 merges the shards and computes the metrics, so a
-sharded run writes the same rows and metrics as a single process (batches are identical).
+The output directory holds ``run.json`` (the run manifest: the settings and the fingerprints of the
+input files, checked when a run resumes), ``samples.jsonl`` (one row per sample, appended as it is
+scored) and, at the end, ``result.json`` (metrics, per-group metrics, configuration, model
+identity, package versions). Rerunning the same command skips finished samples and retries error
+rows; a resume over changed inputs or settings is refused unless ``overwrite``, which starts over.
+Under ``torchrun`` each rank scores every N-th batch into ``.shards/rank-K.jsonl``; rank 0 merges
+the shards and computes the metrics, so a sharded run writes the same rows and metrics as a single
+process (batches are identical).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +21,27 @@ from typing import Any
 
 from clip4dm.detector import CLIP4DM
 from clip4dm.eval._scoring import Scorer
-from clip4dm.eval.config import EvalConfig, identity, resolve_method
-from clip4dm.eval.distributed import Dist, process_group
+from clip4dm.eval.config import EvalConfig, identity, input_fingerprints, resolve_method
 from clip4dm.eval.errors import EvalError
 from clip4dm.eval.metrics import Outcome, summarise, summarise_groups
 from clip4dm.eval.nli import NLIScorer
 from clip4dm.eval.samples import Benchmark, DataSource, Record, get_benchmark
-from clip4dm.jsonl import ResultsFileError, RowWriter, atomic_rewrite, id_key, load_existing
+from clip4dm.rows import is_error, upgrade
 from vl_core import environment_report
+from vl_core.distributed import Dist, DistributedError, process_group
+from vl_core.files import (
+    OutputExistsError,
+    ResultsFileError,
+    RowWriter,
+    atomic_rewrite_rows,
+    check_manifest,
+    id_key,
+    read_results,
+    refuse_input_as_output,
+    write_json,
+)
 
-__all__ = ["EvalSummary", "run_eval"]
+__all__ = ["RESULT", "RUN", "SAMPLES", "EvalSummary", "run_eval"]
 
 SAMPLES = "samples.jsonl"
 RESULT = "result.json"
@@ -41,7 +53,8 @@ VERSIONED = ("clip4dm", "vl-core", "torch", "transformers", "open_clip_torch", "
 
 @dataclass
 class EvalSummary:
-    """What rank 0 returns: the ``result.json`` content and what this run did."""
+    """What rank 0 returns: the ``result.json`` content and what this run did (samples scored,
+    error rows written and samples already done; notes for the user)."""
 
     result: dict[str, Any]
     out_dir: Path
@@ -50,25 +63,22 @@ class EvalSummary:
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def error_rows(self) -> int:
+        """Samples of the run (this and earlier invocations) that are error rows."""
+        return int(self.result["counts"]["errors"])
+
 
 # -- output directory ----------------------------------------------------------------------------
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """The result/error rows of a JSONL file; unparsable lines are skipped."""
-    if not path.exists():
-        return []
-    rows: list[dict[str, Any]] = []
-    for raw in path.read_bytes().split(b"\n"):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(row, dict) and isinstance(row.get("id"), str):
-            rows.append(row)
-    return rows
+    """The result and error rows of a JSONL file of this run (a torn last line is left out), with
+    the names of earlier versions upgraded. Raises `EvalError` for a file that is not ours."""
+    try:
+        return [upgrade(row) for row in read_results(path, repair=False, retry_errors=False).rows]
+    except ResultsFileError as exc:
+        raise EvalError(str(exc)) from exc
 
 
 def _merge_shards(out: Path) -> None:
@@ -78,8 +88,7 @@ def _merge_shards(out: Path) -> None:
         return
     samples = out / SAMPLES
     known = {id_key(row["id"]) for row in _read_rows(samples)}
-    writer = RowWriter(samples)
-    with contextlib.closing(writer):
+    with RowWriter(samples) as writer:
         for part in sorted(shard_dir.glob("rank-*.jsonl")):
             for row in _read_rows(part):
                 key = id_key(row["id"])
@@ -87,56 +96,92 @@ def _merge_shards(out: Path) -> None:
                     known.add(key)
                     writer.write(row)
             part.unlink()
-    with contextlib.suppress(OSError):
-        shard_dir.rmdir()
+    shutil.rmtree(shard_dir, ignore_errors=True)
 
 
 def _existing_rows(samples: Path) -> tuple[set[str], int, list[str]]:
+    """Finished ids, error rows taken out (to retry) and repairs of ``samples.jsonl``."""
     try:
-        return load_existing(samples)
+        found = read_results(samples)
     except ResultsFileError as exc:
         raise EvalError(str(exc)) from exc
+    return found.done, found.retried, found.repaired
 
 
-def _prepare(out: Path, settings: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """Rank 0: check or write ``run.json``, fold leftover shards into ``samples.jsonl`` and drop
-    its error rows (to retry them); returns the finished ids and notes for the user."""
+def _accept_legacy_manifest(run_file: Path, settings: Mapping[str, Any]) -> None:
+    """An earlier version's ``run.json`` is ``{"config": settings, "model": ...}``: when its
+    settings are this run's, make way for today's manifest (its inputs were not fingerprinted
+    then); otherwise raise `EvalError` naming the settings that differ."""
+    try:
+        old = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # missing, or unreadable: check_manifest reports it
+    if not isinstance(old, dict) or not set(old) <= {"config", "model"}:
+        return
+    previous = old.get("config")
+    if not isinstance(previous, dict):
+        return
+    changed = [key for key in settings if previous.get(key) != settings[key]]
+    if changed:
+        details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
+        raise EvalError(
+            f"{run_file.parent} holds a run with other settings ({details}): use another --out, "
+            "or pass --overwrite to start over"
+        )
+    run_file.unlink()
+
+
+def _prepare(
+    out: Path, settings: Mapping[str, Any], inputs: Mapping[str, Any], overwrite: bool
+) -> tuple[list[str], list[str]]:
+    """Rank 0: check (or write) ``run.json``, fold leftover shards into ``samples.jsonl`` and drop
+    its error rows (to retry them); returns the finished ids and notes for the user.
+
+    With ``overwrite`` the directory's run is started over. Raises `EvalError` when the directory
+    holds files this command did not write, or a run over other inputs or settings.
+    """
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EvalError(f"cannot create output directory {str(out)!r}: {exc}") from exc
-    run_file = out / RUN
-    if run_file.exists():
-        try:
-            previous = json.loads(run_file.read_text(encoding="utf-8")).get("config", {})
-        except (OSError, ValueError, AttributeError) as exc:
-            raise EvalError(f"{run_file} is unreadable ({exc}); delete it to start over") from exc
-        changed = [k for k in settings if previous.get(k) != settings[k]]
-        if changed:
-            details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
-            raise EvalError(
-                f"{out} holds a run with other settings ({details}): use another --out, "
-                "or delete that directory to start over"
-            )
-    else:
-        _write_json(run_file, {"config": dict(settings)})
-    samples = out / SAMPLES
+    run_file, samples, result = out / RUN, out / SAMPLES, out / RESULT
+    try:
+        if not overwrite:
+            read_results(samples, repair=False, retry_errors=False)  # a foreign file is refused
+            if result.exists() and not run_file.exists():
+                raise OutputExistsError(
+                    f"{str(result)!r} was not written by a clip4dm eval run recorded here: "
+                    "choose another --out, or pass --overwrite to replace it"
+                )
+            _accept_legacy_manifest(run_file, settings)
+        # Without rows yet, a manifest left by a run that failed early describes nothing.
+        fresh = overwrite or not (samples.exists() or (out / SHARDS).is_dir())
+        check_manifest(run_file, {**settings, **inputs}, overwrite=fresh)
+    except ResultsFileError as exc:
+        raise EvalError(f"{out}: {exc}") from exc
+    if overwrite:
+        samples.unlink(missing_ok=True)
+        result.unlink(missing_ok=True)
+        shutil.rmtree(out / SHARDS, ignore_errors=True)
     notes: list[str] = []
-    _, retried, dropped = _existing_rows(samples)  # repair a torn last line before appending
+    _, retried, repaired = _existing_rows(samples)  # repair a torn last line before appending
     _merge_shards(out)
-    done_keys, retried_shards, dropped_shards = _existing_rows(samples)
-    for note in dropped + dropped_shards:
-        notes.append(f"dropped unusable line of {SAMPLES} ({note}); its sample is recomputed")
+    done_keys, retried_shards, repaired_shards = _existing_rows(samples)
+    for note in repaired + repaired_shards:
+        notes.append(f"repaired {SAMPLES} ({note}); its sample is computed again")
     if retried + retried_shards:
         notes.append(f"retrying {retried + retried_shards} error row(s) of the previous run")
     done = sorted(key for key in (json.loads(k) for k in done_keys) if isinstance(key, str))
     return done, notes
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _previous_model(out: Path) -> dict[str, Any] | None:
+    """The model identity an earlier invocation of this run recorded in ``result.json``."""
+    try:
+        model = json.loads((out / RESULT).read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model if isinstance(model, dict) else None
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -164,25 +209,19 @@ def _finish(
     """Rank 0: merge shards, order ``samples.jsonl`` as the data set, write ``result.json``."""
     _merge_shards(out)
     samples = out / SAMPLES
-    rows = _read_rows(samples)
     by_id: dict[str, dict[str, Any]] = {}
-    for row in rows:
+    for row in _read_rows(samples):
         kept = by_id.get(row["id"])
-        if kept is None or ("error" in kept and "error" not in row):
+        if kept is None or (is_error(kept) and not is_error(row)):
             by_id[row["id"]] = row
     order = [record.id for record in selected]
     wanted = set(order)
     chosen = [by_id[i] for i in order if i in by_id]
     others = [row for key, row in by_id.items() if key not in wanted]
-    atomic_rewrite(samples, [json.dumps(r, ensure_ascii=False) for r in chosen + others])
+    atomic_rewrite_rows(samples, [json.dumps(r, ensure_ascii=False) for r in chosen + others])
 
-    outcomes = [Outcome.from_row(row) for row in chosen if "error" not in row]
-    errors = [row for row in chosen if "error" in row]
-    run_file = out / RUN
-    run_data = json.loads(run_file.read_text(encoding="utf-8"))
-    if model is not None:
-        run_data["model"] = model
-        _write_json(run_file, run_data)
+    outcomes = [Outcome.from_row(row) for row in chosen if not is_error(row)]
+    errors = [row for row in chosen if is_error(row)]
     result: dict[str, Any] = {
         "benchmark": bench.name,
         "title": bench.title,
@@ -203,11 +242,11 @@ def _finish(
             "limit": config.limit,
             "verify_crc": config.verify_crc,
         },
-        "model": run_data.get("model", {"name": config.model}),
+        "model": model or _previous_model(out) or {"name": config.model},
         "versions": environment_report(VERSIONED),
         "run": {"world_size": info.world_size, "samples": SAMPLES},
     }
-    _write_json(out / RESULT, result)
+    write_json(out / RESULT, result)
     return result
 
 
@@ -222,8 +261,17 @@ def run_eval(
 
     ``detector``/``nli`` may be given already loaded (the detector with the run's method
     settings); otherwise they are loaded when the first batch needs them, so a finished run is
-    summarised without loading any model.
+    summarised without loading any model. With ``config.choose_epsilon_on`` the run first scores
+    the validation data and chooses epsilon (`clip4dm.eval.epsilon.run_eval_choosing_epsilon`).
+
+    Raises `EvalError` (or its `DataError`) for options that do not fit, unusable data, an output
+    directory holding files this command did not write or a run over other inputs or settings,
+    a model that cannot be loaded, and a failure on another rank.
     """
+    if config.choose_epsilon_on is not None:
+        from clip4dm.eval.epsilon import run_eval_choosing_epsilon
+
+        return run_eval_choosing_epsilon(config, progress=progress, detector=detector, nli=nli)
     try:
         bench = get_benchmark(config.benchmark)
     except ValueError as exc:
@@ -235,37 +283,52 @@ def run_eval(
             raise EvalError(f"the given detector's settings {given} differ from the run's {method}")
     settings = identity(config, bench, method)
     out = Path(config.out).expanduser()
+    inputs = [config.data] + ([config.references] if config.references else [])
+    try:
+        refuse_input_as_output([out / name for name in (SAMPLES, RESULT, RUN)], inputs)
+    except ResultsFileError as exc:
+        raise EvalError(str(exc)) from exc
     source = DataSource(
         data=config.data,
         images=Path(config.images).expanduser() if config.images is not None else None,
         references=Path(config.references).expanduser() if config.references else None,
         verify_crc=config.verify_crc,
     )
-    with process_group() as info:
-        records = bench.load(source)
-        selected = records[: config.limit] if config.limit is not None else records
-        done_list, notes = info.run_on_main(lambda: _prepare(out, settings))
-        done = set(done_list)
-        todo = [r for r in selected if r.id not in done]
-        batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
-        mine = batches[info.rank :: info.world_size]
-        path = out / SAMPLES if not info.sharded else out / SHARDS / f"rank-{info.rank:05d}.jsonl"
-        scorer = Scorer(bench, method, config, info, detector, nli)
-        failure: str | None = None
-        try:
-            scorer.run(mine, path, progress)
-        except EvalError as exc:
-            failure = f"rank {info.rank}: {exc}" if info.sharded else str(exc)
-        reports = info.all_gather(
-            _Report(failure, scorer.model_identity(), scorer.scored, scorer.errors)
-        )
-        failures = [r.failure for r in reports if r.failure]
-        if failures:
-            raise EvalError(failures[0])
-        model = next((r.model for r in reports if r.model is not None), None)
-        result = info.run_on_main(
-            lambda: _finish(out, selected, bench, config, settings, model, info)
-        )
+    try:
+        with process_group() as info:
+            records = bench.load(source)
+            selected = records[: config.limit] if config.limit is not None else records
+            done_list, notes = info.run_on_main(
+                lambda: _prepare(out, settings, input_fingerprints(config), config.overwrite),
+                error=EvalError,
+            )
+            done = set(done_list)
+            todo = [r for r in selected if r.id not in done]
+            size = config.batch_size
+            batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+            mine = batches[info.rank :: info.world_size]
+            path = (
+                out / SAMPLES if not info.sharded else out / SHARDS / f"rank-{info.rank:05d}.jsonl"
+            )
+            scorer = Scorer(bench, method, config, info, detector, nli)
+            failure: str | None = None
+            try:
+                scorer.run(mine, path, progress)
+            except EvalError as exc:
+                failure = f"rank {info.rank}: {exc}" if info.sharded else str(exc)
+            reports = info.all_gather(
+                _Report(failure, scorer.model_identity(), scorer.scored, scorer.errors)
+            )
+            failures = [r.failure for r in reports if r.failure]
+            if failures:
+                raise EvalError(failures[0])
+            model = next((r.model for r in reports if r.model is not None), None)
+            result = info.run_on_main(
+                lambda: _finish(out, selected, bench, config, settings, model, info),
+                error=EvalError,
+            )
+    except DistributedError as exc:
+        raise EvalError(str(exc)) from exc
     if not info.is_main:
         return None
     return EvalSummary(

@@ -8,16 +8,14 @@ becomes an error row of the run instead of stopping it.
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
-from clip4dm.detector import DEFAULT_EPSILON, DEFAULT_LAYERS, DEFAULT_TEMPLATE
+from clip4dm.batch import ImageRef
+from clip4dm.defaults import DEFAULT_EPSILON, DEFAULT_LAYERS, DEFAULT_TEMPLATE, Mode
 from clip4dm.results import Detection
-from clip4dm.scores import Mode
-from vl_core.images import ImageSource
 
 __all__ = [
     "BadRecord",
@@ -33,9 +31,6 @@ __all__ = [
     "register_benchmark",
 ]
 
-ImageRef: TypeAlias = str | os.PathLike[str] | Callable[[], ImageSource]
-"""A path, or a zero-argument callable returning the image (decoded lazily, e.g. from a dataset)."""
-
 JSONValue: TypeAlias = Any
 
 
@@ -46,12 +41,15 @@ class GroundTruth:
     ``words``: the misaligned words (FOIL/nocaps-FOIL: the foil word; HAT: the hallucinated words).
     ``tokens``: Rich-HF's misaligned ``(index, token)`` pairs over the prompt's Rich-HF tokens.
     ``text``: SeeTRUE-Feedback's description of the misalignment.
+    ``positions``: where the data says which words changed, the misaligned words' positions among
+    the caption's words as clip4dm counts them (`clip4dm.results.WordScore.index`).
     """
 
     aligned: bool
     words: tuple[str, ...] = ()
     tokens: tuple[tuple[int, str], ...] = ()
     text: str | None = None
+    positions: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, JSONValue]:
         """JSON form; empty fields are left out."""
@@ -62,6 +60,8 @@ class GroundTruth:
             out["tokens"] = [[i, t] for i, t in self.tokens]
         if self.text is not None:
             out["text"] = self.text
+        if self.positions:
+            out["positions"] = list(self.positions)
         return out
 
 
@@ -71,8 +71,11 @@ class Sample:
 
     ``id`` is unique within the data set and stable across runs (the key of resumption);
     ``group`` is the per-group split (nocaps domain, SeeTRUE source); ``references`` are reference
-    captions (for RefCLIPScore); ``score`` is a human rating (Rich-HF ``misalignment_score``);
-    ``image_name`` names the image in rows and errors; ``source`` names the file and record.
+    captions (for RefCLIPScore); ``human_score`` is a human rating (Rich-HF
+    ``misalignment_score``);
+    ``image_name`` names the image in rows and errors; ``source`` names the file and record;
+    ``pair`` names the image a FOIL-style caption belongs to (the pairwise metric compares each
+    misaligned caption with the aligned captions of the same ``pair``).
     """
 
     id: str
@@ -81,10 +84,11 @@ class Sample:
     ground_truth: GroundTruth
     group: str | None = None
     references: tuple[str, ...] = ()
-    score: float | None = None
+    human_score: float | None = None
     image_name: str = ""
     source: str = ""
     meta: Mapping[str, JSONValue] = field(default_factory=dict)
+    pair: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,17 +117,21 @@ class DataSource:
 @dataclass(frozen=True)
 class Judgement:
     """A detection read the benchmark's way: the prediction (JSON), whether it localises the
-    misalignment (``None`` when not applicable, e.g. aligned captions), and Rich-HF token counts."""
+    misalignment (``None`` when not applicable, e.g. aligned captions), Rich-HF token counts, and
+    ``exact``: whether the predicted words are at the misaligned positions (``None`` when the
+    ground truth has no `GroundTruth.positions`)."""
 
     prediction: JSONValue
     correct: bool | None = None
     tp: int | None = None
     fp: int | None = None
     fn: int | None = None
+    exact: bool | None = None
 
 
 Loader: TypeAlias = Callable[[DataSource], list[Record]]
-Judge: TypeAlias = Callable[[Sample, Detection, str], Judgement]
+Judge: TypeAlias = Callable[[Sample, Detection], Judgement]
+"""Reads a detection the benchmark's way; word positions come from the detection's own spans."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,8 @@ _BUILTIN_MODULES = ("foil", "nocaps", "hat", "seetrue", "richhf")
 
 
 def register_benchmark(benchmark: Benchmark) -> Benchmark:
-    """Make ``benchmark`` available by its name and aliases (a later registration replaces)."""
+    """Make ``benchmark`` available by its name and aliases (a later registration replaces);
+    returns it."""
     _REGISTRY[benchmark.name] = benchmark
     for alias in benchmark.aliases:
         _ALIASES[alias] = benchmark.name
@@ -179,7 +188,10 @@ def available_benchmarks() -> list[str]:
 
 
 def get_benchmark(name: str) -> Benchmark:
-    """The benchmark registered as ``name`` (or an alias; case-insensitive)."""
+    """The benchmark registered as ``name`` (or an alias; case-insensitive).
+
+    Raises ``ValueError`` naming the known benchmarks when there is none of that name.
+    """
     _load_builtins()
     key = name.strip().lower()
     key = _ALIASES.get(key, key)

@@ -2,7 +2,7 @@
 
 Sources: the HF dataset ``mismatch-quest/SeeTRUE-Feedback`` split ``test`` (a hub id, or a
 directory written by ``Dataset.save_to_disk``; needs the optional ``datasets`` package), or a local
-JSON Lines export with the same fields — ``image`` (a path, relative to ``--images`` or the file),
+JSON Lines export with the same fields — ``image`` (a path, relative to ``--images-root`` or the file),
 ``image_caption``, ``caption_misalignment``, ``dataset_source`` and optionally ``id``. Scored by
 NLI between the description and the predicted phrases; groups are the source data sets.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clip4dm.eval._parse import (
     RecordError,
@@ -36,7 +36,9 @@ from clip4dm.eval.samples import (
     register_benchmark,
 )
 from clip4dm.results import Detection
-from vl_core.images import ImageSource
+
+if TYPE_CHECKING:
+    from vl_core.images import ImageSource
 
 __all__ = ["DATASET_ID", "SEETRUE_FEEDBACK", "judge_feedback", "load_seetrue", "load_seetrue_rows"]
 
@@ -55,7 +57,11 @@ def _datasets() -> Any:
 
 
 def load_seetrue(source: DataSource) -> list[Record]:
-    """From a ``.jsonl`` export, a ``save_to_disk`` directory, or a hub dataset id."""
+    """The samples of a ``.jsonl`` export, a ``save_to_disk`` directory, or a hub dataset id.
+
+    Raises `DataError` when the data as a whole cannot be read (or ``datasets`` is missing for
+    the HF formats); a bad record is a `BadRecord`.
+    """
     path = Path(source.data).expanduser()
     if path.suffix.lower() == ".jsonl":
         return _load_jsonl(path, source.images)
@@ -166,7 +172,7 @@ def _load_jsonl(path: Path, images: Path | None) -> list[Record]:
     return dedupe_ids(records)
 
 
-def judge_feedback(sample: Sample, detection: Detection, template: str) -> Judgement:
+def judge_feedback(sample: Sample, detection: Detection) -> Judgement:
     """The merged phrases, in caption order, lower-cased and joined by ", " (the NLI hypothesis)."""
     phrases = merge_phrases(detection.words, detection.misaligned)
     return Judgement(", ".join(p.text.lower() for p in phrases))

@@ -127,6 +127,7 @@ def read_records(path: str | Path, *, verify_crc: bool = True) -> Iterator[RawRe
     A record whose data fails its checksum is yielded with an ``error`` and reading goes on; a
     truncated file or a corrupt length ends the file with one error record (what follows cannot
     be framed). ``verify_crc=False`` skips both checksums (faster; corruption goes unnoticed).
+    Yields `RawRecord`s; raises ``OSError`` (``FileNotFoundError``) when the file cannot be read.
     """
     with open(path, "rb") as handle:
         index = 0
@@ -175,7 +176,7 @@ def frame_record(data: bytes) -> bytes:
 
 
 def write_tfrecord(path: str | Path, records: Iterable[bytes]) -> None:
-    """Write ``records`` (e.g. from `encode_example`) as a TFRecord file."""
+    """Write ``records`` (e.g. from `encode_example`) as a TFRecord file; raises ``OSError``."""
     with open(path, "wb") as handle:
         for data in records:
             handle.write(frame_record(data))
@@ -293,7 +294,10 @@ def _feature(buf: bytes) -> Feature:
 
 
 def parse_example(data: bytes) -> dict[str, Feature]:
-    """The features of a serialized ``tf.train.Example`` (unknown fields are skipped)."""
+    """The features of a serialized ``tf.train.Example`` by name (unknown fields are skipped).
+
+    Raises `TFExampleError` when the bytes are not a well-formed ``tf.train.Example``.
+    """
     features: dict[str, Feature] = {}
     for number, _, value in _fields(data):
         if number != 1:
