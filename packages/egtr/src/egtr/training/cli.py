@@ -250,6 +250,12 @@ def _fit(
     except ValueError as exc:
         raise UsageError(str(exc), where="--device") from None
     train_set, val_set, labels, counts = build_datasets(config)
+    if len(train_set) == 0:
+        raise UsageError(
+            f"the training split of {str(config.data.root)!r} has no images",
+            where="--data",
+            fix="point --data at a data set with training images",
+        )
     # train.seed also fixes a new model's initial weights (every rank builds the same model)
     torch.manual_seed(config.train.seed)
     model = build_training_model(
