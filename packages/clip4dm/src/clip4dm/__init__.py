@@ -6,8 +6,9 @@ imported lazily, so ``import clip4dm`` (and ``clip4dm --help``) stays fast until
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vl_core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -68,18 +69,4 @@ if TYPE_CHECKING:
     from clip4dm.scores import clip_score, f_clip_score, ref_clip_score, select_misaligned
 
 
-def __getattr__(name: str) -> Any:
-    """The public name ``name``, imported at first use.
-
-    Raises ``AttributeError`` for a name the package does not export.
-    """
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'clip4dm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

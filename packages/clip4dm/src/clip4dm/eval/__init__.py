@@ -6,8 +6,9 @@ registry, scores it, and writes ``samples.jsonl`` and ``result.json``; see docs/
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vl_core.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "BadRecord": "clip4dm.eval.samples",
@@ -101,16 +102,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    """The public name ``name``, imported at first use (so ``clip4dm eval --help`` loads no
-    model code). Raises ``AttributeError`` for a name the package does not export."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'clip4dm.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -8,8 +8,9 @@ the protocols' +1-pixel convention (:mod:`egtr.evaluation.boxes`).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vl_core.lazy import lazy_exports
 
 # Imported lazily so that ``egtr.evaluation.cli`` (and ``egtr --help``) does not load torch.
 _EXPORTS: dict[str, str] = {
@@ -64,14 +65,4 @@ if TYPE_CHECKING:
     from egtr.evaluation.sgg_vg import SGGEvaluator
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'egtr.evaluation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

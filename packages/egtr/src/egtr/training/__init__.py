@@ -7,8 +7,9 @@ lazily so that ``egtr --help`` (which registers ``egtr.training.cli``) stays fas
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vl_core.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "ConfigError": "egtr.training.config",
@@ -115,14 +116,4 @@ if TYPE_CHECKING:
     from egtr.training.trainer import FitResult, Trainer, build_criterion
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'egtr.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
