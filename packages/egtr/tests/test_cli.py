@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,10 +20,10 @@ def _rows(path: Path) -> list[dict[str, object]]:
 
 
 def _error_line(err: str) -> str:
-    """The one ``egtr: error:`` line of stderr (asserting there is exactly one line)."""
+    """The one ``egtr COMMAND: error:`` line of stderr (asserting there is exactly one line)."""
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("egtr: error: "), err
+    assert re.match(r"egtr \w+: error: ", lines[0]), err
     return lines[0]
 
 
@@ -44,6 +45,13 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("predict", "convert", "info", "train", "eval"):
         assert command in out
+
+
+def test_model_help_names_hub_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("predict", "info"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "hf:ORG/NAME" in capsys.readouterr().out
 
 
 def test_help_does_not_import_torch() -> None:
@@ -602,7 +610,10 @@ def test_convert_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = tmp_path / "converted"
     argv = ["convert", "--checkpoint", str(ckpt), "--config", str(config), "--out", str(out)]
     assert main([*argv, "--categories", str(categories)]) == 0
-    assert "converted" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "converted" in printed
+    assert f"model card {out / 'README.md'}" in printed
+    assert (out / "README.md").read_text().startswith("---\n")
     assert main(["info", "--model", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["objects"] == 3

@@ -16,9 +16,8 @@ from egtr.convert import LEGACY_RENAME_RULES, legacy_config, read_categories
 from vl_core.checkpoints import CheckpointMismatchError, UnsafeCheckpointError
 from vl_core.files import OutputExistsError
 
-KEYS_TSV = Path("/work/shared/reference/egtr-vg-checkpoint-keys.tsv")
-_REPO_TSV = Path(__file__).resolve().parents[3] / "shared/reference/egtr-vg-checkpoint-keys.tsv"
-TSV = _REPO_TSV if _REPO_TSV.is_file() else KEYS_TSV
+TSV = Path(__file__).parent / "data" / "egtr-vg-checkpoint-keys.tsv"
+"""The released VG checkpoint's keys and shapes (tests/data/README.md), part of the repository."""
 
 # transformers-4.18 config.json of the released VG run, reduced to what matters (hand-written)
 LEGACY_VG_CONFIG = {
@@ -57,9 +56,9 @@ LEGACY_VG_CONFIG = {
 
 def _released_state_dict() -> tuple[dict[str, torch.Tensor], list[dict[str, str]]]:
     """Random tensors under exactly the released VG keys and shapes (shared heads shared)."""
-    if not TSV.is_file():
-        pytest.skip(f"reference key list not found at {TSV}")
-    rows = list(csv.DictReader(TSV.open(), delimiter="\t"))
+    with TSV.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert len(rows) == 633
     gen = torch.Generator().manual_seed(0)
     state: dict[str, torch.Tensor] = {}
     for row in rows:
@@ -234,7 +233,7 @@ def test_the_output_directory_is_new_or_empty_and_never_an_input(
     out.mkdir()
     convert_checkpoint(ckpt, tiny_config(), out)  # an empty directory is fine
     written = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(written) == {"config.json", "model.safetensors"}
+    assert set(written) == {"config.json", "model.safetensors", "README.md"}
     with pytest.raises(OutputExistsError, match="not empty"):
         convert_checkpoint(ckpt, tiny_config(), out)
     convert_checkpoint(ckpt, tiny_config(), out, overwrite=True)
@@ -281,3 +280,89 @@ def test_configuration_and_categories_errors_name_the_file(tmp_path: Path) -> No
     with pytest.raises(JSONFileError, match=r"categories_dict\.json, line 1 column 1"):
         read_categories(categories)
     assert not (tmp_path / "o").exists()
+
+
+def _front_matter(card: str) -> dict[str, object]:
+    """The YAML block between the first two ``---`` lines of a model card, parsed."""
+    import yaml
+
+    lines = card.splitlines()
+    assert lines[0] == "---"
+    end = lines.index("---", 1)
+    data = yaml.safe_load("\n".join(lines[1:end]))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_convert_writes_a_model_card_naming_the_source(
+    tiny_model: EGTRForSceneGraphGeneration, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from egtr.convert import legacy_config
+
+    legacy = {**LEGACY_VG_CONFIG, "decoder_layers": 2, "num_labels": 3, "num_rel_labels": 4}
+    legacy.pop("id2label")
+    legacy.pop("label2id")
+    run_config = tmp_path / "run config.json"  # a space: the command must stay one shell word
+    run_config.write_text(json.dumps(legacy))
+    categories = tmp_path / "categories_dict.json"
+    categories.write_text(json.dumps({"obj": ["cat", "dog", "table"], "rel": list("abcd")}))
+    model = EGTRForSceneGraphGeneration(
+        legacy_config(legacy, object_labels=["cat", "dog", "table"], predicate_labels=list("abcd"))
+    )
+    ckpt = save_lightning(legacy_names(model.state_dict(), 2), tmp_path / "epoch=03.ckpt")
+    out = tmp_path / "egtr-tiny"
+    convert_checkpoint(ckpt, run_config, out, categories=categories)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    meta = _front_matter(card)
+    assert meta["license"] == "other"
+    assert meta["library_name"] == "egtr"
+    assert meta["pipeline_tag"] == "object-detection"
+    tags = meta["tags"]
+    assert isinstance(tags, list)
+    assert {"scene-graph-generation", "egtr", "converted"} <= set(tags)
+    assert meta["datasets"] == []  # 3 objects / 4 predicates: not one of the paper's
+    assert "base_model" not in meta  # the source is not on a model hub
+    source = meta["source_checkpoint"]
+    assert isinstance(source, dict)
+    assert source["file"] == "epoch=03.ckpt"
+    assert source["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert source["run_config"] == "run config.json"
+    assert source["run_config_sha256"] == hashlib.sha256(run_config.read_bytes()).hexdigest()
+    command = str(meta["conversion_command"])
+    import shlex
+
+    assert shlex.split(command) == [
+        "egtr",
+        "convert",
+        "--checkpoint",
+        str(ckpt),
+        "--config",
+        str(run_config),
+        "--out",
+        str(out),
+        "--categories",
+        str(categories),
+    ]
+    body = card.split("\n---\n", 1)[1]
+    assert source["sha256"] in body
+    assert command in body
+    assert "3 objects, 4 predicates" in body
+    # the card is written before config.json, and the model still loads strictly
+    assert load_pretrained(out).config.object_labels == ["cat", "dog", "table"]
+
+
+def test_the_model_card_of_the_released_vg_model_names_visual_genome(tmp_path: Path) -> None:
+    from egtr.convert import model_card
+
+    model = EGTRForSceneGraphGeneration(legacy_config(LEGACY_VG_CONFIG))
+    ckpt = tmp_path / "epoch=09.ckpt"
+    ckpt.write_bytes(b"stands in for the checkpoint")
+    card = model_card(model, checkpoint=ckpt, config=None, out=tmp_path / "egtr-vg")
+    meta = _front_matter(card)
+    assert meta["datasets"] == ["visual_genome"]
+    assert "conversion_command" not in meta  # a configuration object has no command line
+    assert "run_config" not in meta["source_checkpoint"]  # type: ignore[operator]
+    assert "# egtr-vg: EGTR, converted" in card
+    assert "150 objects, 50 predicates" in card

@@ -2,6 +2,12 @@
 
 The public names below are imported lazily, so ``import egtr`` (and ``egtr --help``) stays fast
 until a model is actually used.
+
+Models are named as on the command line: a local directory, or ``hf:ORG/NAME`` for the Hugging
+Face Hub (:func:`load_pretrained`, ``EGTRPredictor.from_pretrained``). transformers learns about
+EGTR when :mod:`egtr.modeling` is imported (by any model-related name here): ``AutoConfig`` and
+``AutoModel`` then open EGTR models; ``import egtr.pipeline`` (or ``egtr.SceneGraphPipeline``)
+also registers the ``pipeline("scene-graph-generation")`` task.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "Relation": "egtr.scene_graph",
     "RelationHead": "egtr.relation_head",
     "SceneGraph": "egtr.scene_graph",
+    "SceneGraphPipeline": "egtr.pipeline",
     "SceneObject": "egtr.scene_graph",
     "build_rel_dist": "egtr.relation_head",
     "build_scene_graph": "egtr.postprocess",
@@ -29,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "egtr_visual_genome": "egtr.builders",
     "load_pretrained": "egtr.builders",
     "object_scores": "egtr.postprocess",
+    "resolve_model": "egtr.builders",
     "top_triplets": "egtr.postprocess",
 }
 
@@ -40,6 +48,7 @@ __all__ = [
     "Relation",
     "RelationHead",
     "SceneGraph",
+    "SceneGraphPipeline",
     "SceneObject",
     "__version__",
     "build_rel_dist",
@@ -51,15 +60,22 @@ __all__ = [
     "egtr_visual_genome",
     "load_pretrained",
     "object_scores",
+    "resolve_model",
     "top_triplets",
 ]
 
 if TYPE_CHECKING:
-    from egtr.builders import egtr_open_images, egtr_visual_genome, load_pretrained
+    from egtr.builders import (
+        egtr_open_images,
+        egtr_visual_genome,
+        load_pretrained,
+        resolve_model,
+    )
     from egtr.configuration import EGTRConfig
     from egtr.convert import convert_checkpoint
     from egtr.drawing import draw_scene_graph
     from egtr.modeling import EGTRForSceneGraphGeneration, EGTROutput
+    from egtr.pipeline import SceneGraphPipeline
     from egtr.postprocess import build_scene_graph, object_scores, top_triplets
     from egtr.predictor import EGTRPredictor
     from egtr.relation_head import RelationHead, build_rel_dist, build_triplet_dist

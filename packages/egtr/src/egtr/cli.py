@@ -51,6 +51,11 @@ DRAWING_SUFFIX = ".graph.png"
 MANIFEST_SUFFIX = ".run.json"
 """The run manifest of ``--out graphs.jsonl`` is ``graphs.jsonl.run.json``."""
 
+MODEL_HELP = (
+    "model directory (save_pretrained / convert / train), or hf:ORG/NAME: a Hugging Face Hub "
+    "model, downloaded once into the HF cache (HF_HUB_OFFLINE=1: the cache only)"
+)
+
 
 # -- parser ---------------------------------------------------------------------------------------
 
@@ -107,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Lines results file with --out (rows already in it are skipped).",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE")
-    predict.add_argument(
-        "--model", required=True, help="model directory (save_pretrained / convert / train)"
-    )
+    predict.add_argument("--model", required=True, help=MODEL_HELP)
     predict.add_argument(
         "--out",
         metavar="RESULTS.jsonl",
@@ -163,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="import an authors' released Lightning checkpoint",
         description="Convert a released checkpoint and its run's config.json into a model "
-        "directory (model.safetensors + config.json).",
+        "directory (model.safetensors + config.json, and a README.md model card naming the "
+        "source checkpoint and its SHA-256).",
     )
     convert.add_argument("--checkpoint", required=True, help="epoch=NN-....ckpt")
     convert.add_argument(
@@ -184,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Without --model: package and device versions. With --model: the model's "
         "summary (after a strict load of its weights).",
     )
-    info.add_argument("--model", help="model directory")
+    info.add_argument("--model", help=MODEL_HELP)
     info.add_argument("legacy_model", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)
     add_quiet_option(info)
     _add_debug_option(info)
@@ -224,10 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with quiet_libraries(bool(getattr(args, "quiet", False))):
             return int(func(args))
 
+    # the resume line is PROG COMMAND followed by the words after the sub-command
+    words = list(sys.argv[1:] if argv is None else argv)
+    rest = words[words.index(args.command) + 1 :] if args.command in words else words
     return run_command(
-        PROG,
+        f"{PROG} {args.command}",
         command,
-        argv=argv,
+        argv=rest,
         debug=bool(getattr(args, "debug", False)),
         resumable=_resumable(args),
     )
@@ -333,7 +340,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(str(exc), args.config, "give the run's config.json") from exc
     print(
         f"converted {args.checkpoint} -> {args.out}: {report.loaded} tensors loaded, "
-        f"{len(report.ignored_keys)} dropped (num_batches_tracked of unfrozen BatchNorms)"
+        f"{len(report.ignored_keys)} dropped (num_batches_tracked of unfrozen BatchNorms); "
+        f"model card {Path(args.out) / 'README.md'}"
     )
     return EXIT_OK
 
@@ -370,6 +378,7 @@ class _PredictPlan:
     """Everything ``egtr predict`` decided before loading the model or touching a file."""
 
     images: list[str]
+    model_dir: Path
     config: EGTRConfig
     device: Any
     dtype: Any
@@ -384,7 +393,7 @@ class _PredictPlan:
 
 def _plan_predict(args: argparse.Namespace) -> _PredictPlan:
     """Validate every argument and the existing outputs; raises `UsageError`. Writes nothing."""
-    from egtr.builders import ModelDirectoryError, read_model_config
+    from egtr.builders import ModelDirectoryError, read_model_config, resolve_model
     from vl_core.files import ResultsFileError, refuse_input_as_output
 
     images = list(dict.fromkeys(args.images))  # an image given twice is predicted once
@@ -405,11 +414,12 @@ def _plan_predict(args: argparse.Namespace) -> _PredictPlan:
 
         require_matplotlib()  # MissingExtraError: one line naming egtr[viz]
     try:
-        config = read_model_config(args.model)
+        model_dir = resolve_model(args.model)  # a hub model is fetched (once) here
+        config = read_model_config(model_dir)
     except ModelDirectoryError as exc:
         raise _usage(exc) from exc
     device, dtype = _resolve_device(args)
-    plan = _PredictPlan(images, config, device, dtype, out, manifest, drawings=drawings)
+    plan = _PredictPlan(images, model_dir, config, device, dtype, out, manifest, drawings=drawings)
     plan.pending = images
     if out is not None and manifest is not None:
         _plan_resume(plan, args)
@@ -429,6 +439,7 @@ def _plan_predict(args: argparse.Namespace) -> _PredictPlan:
 
 def _plan_resume(plan: _PredictPlan, args: argparse.Namespace) -> None:
     """The run manifest's record and the images still to do; raises `UsageError`."""
+    from egtr.builders import is_hub_name
     from vl_core.files import (
         ResultsFileError,
         check_manifest,
@@ -440,10 +451,10 @@ def _plan_resume(plan: _PredictPlan, args: argparse.Namespace) -> None:
     out, manifest, config = plan.out, plan.manifest, plan.config
     assert out is not None
     assert manifest is not None
-    model_dir = Path(args.model)
+    model_dir = plan.model_dir
     plan.record = {
         "command": "egtr predict",
-        "model": os.path.abspath(model_dir),
+        "model": args.model if is_hub_name(args.model) else os.path.abspath(model_dir),
         "model_files": {
             path.name: file_fingerprint(path)
             for path in sorted(model_dir.iterdir())
@@ -537,7 +548,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         predictor = EGTRPredictor(
-            args.model,
+            plan.model_dir,
             device=plan.device,
             dtype=plan.dtype,
             top_k=args.top_k,

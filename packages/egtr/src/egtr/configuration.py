@@ -1,11 +1,15 @@
-"""``EGTRConfig``: a Deformable DETR detector configuration plus EGTR's relation settings."""
+"""``EGTRConfig``: a Deformable DETR detector configuration plus EGTR's relation settings.
+
+Importing this module registers ``EGTRConfig`` with ``transformers.AutoConfig`` (model type
+``egtr``), so ``AutoConfig.from_pretrained`` reads an EGTR model's ``config.json``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import DeformableDetrConfig
+from transformers import AutoConfig, DeformableDetrConfig
 
 from egtr._labels import VG150_OBJECTS, VG150_PREDICATES
 from egtr.postprocess import OBJECT_SCORES
@@ -133,3 +137,6 @@ def _paper_detector() -> dict[str, Any]:
         "two_stage": False,
         "with_box_refine": False,
     }
+
+
+AutoConfig.register(EGTRConfig.model_type, EGTRConfig)

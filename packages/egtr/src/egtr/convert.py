@@ -15,8 +15,10 @@ Dropped on purpose:
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,19 @@ from vl_core.checkpoints import (
     load_state_dict,
     save_safetensors,
 )
-from vl_core.files import OutputExistsError, atomic_write, refuse_input_as_output
+from vl_core.files import (
+    OutputExistsError,
+    atomic_write,
+    file_fingerprint,
+    refuse_input_as_output,
+)
 
 LEGACY_MODEL_TYPES = ("deformable_detr",)
 """``model_type`` values of the authors' run configurations (a config without one is accepted)."""
 
-OUTPUT_FILES = ("model.safetensors", "config.json")
-"""What :func:`convert_checkpoint` writes into its output directory, in this order."""
+OUTPUT_FILES = ("model.safetensors", "README.md", "config.json")
+"""What :func:`convert_checkpoint` writes into its output directory, in this order: the weights,
+the model card (:func:`model_card`) and, last, the configuration that makes it a model directory."""
 
 LIGHTNING_PREFIX = "model."
 
@@ -229,8 +237,10 @@ def convert_checkpoint(
     ``LoadReport`` of the strict load.
 
     The checkpoint is read with ``torch.load(weights_only=True)`` (via vl-core); nothing is
-    unpickled beyond tensors and plain containers. Writes ``out/model.safetensors`` and then
-    ``out/config.json`` (each atomically), loadable with :func:`egtr.builders.load_pretrained`.
+    unpickled beyond tensors and plain containers. Writes ``out/model.safetensors``, the model
+    card ``out/README.md`` (:func:`model_card`: YAML metadata naming the source checkpoint and its
+    SHA-256 and the conversion command) and then ``out/config.json`` (each atomically), loadable
+    with :func:`egtr.builders.load_pretrained`.
     Nothing is written unless every key matched. ``out`` must not exist or be empty, unless
     ``overwrite`` (which replaces the model files of an EGTR model directory, never those of
     another kind of model); it may never hold one of the inputs.
@@ -262,12 +272,168 @@ def convert_checkpoint(
     state_dict = load_state_dict(checkpoint)
     model = EGTRForSceneGraphGeneration(egtr_config)
     report = load_legacy_weights(model, state_dict)
+    card = model_card(
+        model,
+        checkpoint=checkpoint,
+        config=None if isinstance(config, EGTRConfig) else config,
+        categories=categories,
+        out=out,
+    )
     target.mkdir(parents=True, exist_ok=True)
     save_safetensors(model.state_dict(), target / OUTPUT_FILES[0], metadata={"format": "pt"})
+    atomic_write(target / OUTPUT_FILES[1], card)
     model.config.dtype = str(model.dtype).split(".")[1]  # as save_pretrained: "float32"
     model.config.architectures = [type(model).__name__]
-    atomic_write(target / OUTPUT_FILES[1], model.config.to_json_string(use_diff=True))
+    atomic_write(target / OUTPUT_FILES[2], model.config.to_json_string(use_diff=True))
     return report
+
+
+_DATASETS = {(150, 50): ("visual_genome", "VG150"), (601, 30): ("open_images_v6", "Open Images V6")}
+"""The data set of the paper's label spaces, by (objects, predicates)."""
+
+
+def conversion_command(
+    checkpoint: str | os.PathLike[str],
+    config: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    categories: str | os.PathLike[str] | None = None,
+) -> str | None:
+    """The ``egtr convert`` command line that converts ``checkpoint`` with ``config`` into
+    ``out``; returns it, or ``None`` when ``config`` is not a file (an ``EGTRConfig`` object)."""
+    if config is None:
+        return None
+    words = ["egtr", "convert", "--checkpoint", os.fspath(checkpoint)]
+    words += ["--config", os.fspath(config), "--out", os.fspath(out)]
+    if categories is not None:
+        words += ["--categories", os.fspath(categories)]
+    return shlex.join(words)
+
+
+def model_card(
+    model: EGTRForSceneGraphGeneration,
+    *,
+    checkpoint: str | os.PathLike[str],
+    config: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    categories: str | os.PathLike[str] | None = None,
+) -> str:
+    """The ``README.md`` model card :func:`convert_checkpoint` writes beside the weights; returns
+    its text.
+
+    It opens with YAML front matter, the metadata model hubs read (``license``, ``library_name``,
+    ``pipeline_tag``, ``tags``, ``datasets``, the source checkpoint's file name and SHA-256 and
+    the conversion command; no ``base_model``: the source is not on a model hub), followed by
+    what the model is, where it came from and how to use and publish it. ``config`` is the run's
+    ``config.json`` (``None`` for a configuration given as an object).
+
+    Raises ``OSError`` when the checkpoint (or the run configuration) cannot be read.
+    """
+    from egtr import __version__
+
+    egtr_config = model.config
+    source = Path(checkpoint)
+    source_sha = file_fingerprint(source)["sha256"]
+    config_sha = None if config is None else file_fingerprint(config)["sha256"]
+    command = conversion_command(checkpoint, config, out, categories)
+    objects, predicates = egtr_config.num_object_labels, egtr_config.num_rel_labels
+    dataset = _DATASETS.get((objects, predicates))
+    params = sum(p.numel() for p in model.parameters())
+    q = json.dumps  # a JSON string is a valid YAML (1.2) double-quoted scalar
+    meta = [
+        "---",
+        "# Model card metadata for model hubs (Hugging Face reads this block), written by",
+        "# `egtr convert`. The weights are the authors' released checkpoint, converted: they keep",
+        "# the license of that release, so set `license` to it before publishing. The source is",
+        "# not on a model hub, so there is no base_model. library_name is egtr: the files are a",
+        '# transformers save_pretrained directory, but the architecture (model_type "egtr") comes',
+        "# from the egtr package (`import egtr.modeling` registers it with transformers' AutoModel).",
+        "license: other",
+        "library_name: egtr",
+        "pipeline_tag: object-detection",
+        "tags:",
+        *(
+            f"  - {tag}"
+            for tag in ("scene-graph-generation", "egtr", "deformable-detr", "converted")
+        ),
+    ]
+    if dataset is not None:
+        meta += [f"datasets:  # from the label counts ({objects} / {predicates}: {dataset[1]})"]
+        meta += [f"  - {dataset[0]}"]
+    else:
+        meta += ["datasets: []  # not one of the paper's label spaces"]
+    meta += [
+        "source_checkpoint:",
+        f"  file: {q(source.name)}",
+        f"  sha256: {q(source_sha)}",
+    ]
+    if config is not None:
+        meta += [f"  run_config: {q(Path(config).name)}", f"  run_config_sha256: {q(config_sha)}"]
+    if command is not None:
+        meta += [f"conversion_command: {q(command)}"]
+    meta += ["---", ""]
+    how = (
+        f"```bash\n{command}\n```"
+        if command is not None
+        else "`egtr.convert_checkpoint` with a configuration given as an `EGTRConfig` object."
+    )
+    rows = [
+        ("source checkpoint", f"`{source.name}`, SHA-256 `{source_sha}`"),
+        *(
+            [("run configuration", f"`{Path(config).name}`, SHA-256 `{config_sha}`")]
+            if config is not None
+            else []
+        ),
+        ("labels", f"{objects} objects, {predicates} predicates"),
+        ("object queries", str(egtr_config.num_queries)),
+        (
+            "parameters",
+            f"{params:,} ({params + model.triplet_dist.numel():,} with the frequency table)",
+        ),
+        ("converted with", f"egtr {__version__}"),
+    ]
+    body = [
+        f"# {Path(out).name or 'egtr'}: EGTR, converted",
+        "",
+        'A scene graph generation model: EGTR (Im et al., "EGTR: Extracting Graph from '
+        'Transformer for Scene Graph Generation", CVPR 2024), a Deformable DETR whose decoder '
+        "self-attention gives the relation graph. These are the authors' released weights, "
+        "converted by `egtr convert` into a `save_pretrained` directory "
+        "(`config.json` + `model.safetensors`); every released tensor was accounted for.",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        "## Conversion",
+        "",
+        how,
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from egtr import EGTRPredictor",
+        "",
+        'predictor = EGTRPredictor.from_pretrained("hf:ORG/NAME")  # or this directory\'s path',
+        'graph = predictor.predict("photo.jpg")[0]',
+        "graph.to_dict()  # objects (pixel boxes, labels), relations (subject, object, predicate)",
+        "```",
+        "",
+        "```bash",
+        "egtr predict photo.jpg --model hf:ORG/NAME --out graphs.jsonl",
+        "```",
+        "",
+        "`import egtr.pipeline` adds the transformers task: "
+        '`pipeline("scene-graph-generation", model="ORG/NAME")`.',
+        "",
+        "## Publishing",
+        "",
+        "Set `license` above, then upload the directory as it is (card included):",
+        '`huggingface_hub.upload_folder(repo_id="ORG/NAME", folder_path="DIR")` or '
+        '`hf upload ORG/NAME DIR`. (`model.push_to_hub("ORG/NAME")` uploads the weights and '
+        "configuration with a generic card instead of this one.)",
+        "",
+    ]
+    return "\n".join([*meta, *body])
 
 
 def _check_output_directory(target: Path, inputs: list[Path], *, overwrite: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -21,8 +21,9 @@ from vl_core.images import ImageSource, load_image
 class EGTRPredictor:
     """Run an EGTR model on images: load, preprocess, batch, post-process.
 
-    ``model_or_dir`` is a model or a directory written by ``save_pretrained`` / ``egtr convert``
-    (opened with :func:`egtr.builders.load_pretrained`, strictly).
+    ``model_or_dir`` is a model, a directory written by ``save_pretrained`` / ``egtr convert``, or
+    ``hf:ORG/NAME``, a Hugging Face Hub id (opened with :func:`egtr.builders.load_pretrained`,
+    strictly; see :meth:`from_pretrained`).
     ``device`` / ``dtype`` ``"auto"``: CUDA with bf16 (or fp16) when available, else CPU fp32.
     ``top_k``, ``graph_constrained``, ``object_score``, ``min_size`` and ``max_size`` default to the
     model config's values. ``object_threshold``: objects scoring at least this are listed even
@@ -34,10 +35,10 @@ class EGTRPredictor:
     pads mixed sizes into one batch with a pixel mask instead: faster, not bit-identical.
 
     Raises (at construction) the errors of :func:`~egtr.builders.load_pretrained`
-    (``ModelNotFoundError``, a ``FileNotFoundError``; ``WrongModelKindError`` and
-    ``ModelDirectoryError``, both ``ValueError``), and ``ValueError`` for an unknown device or
-    dtype, a negative ``top_k``, an ``object_score`` not in ``OBJECT_SCORES`` or an
-    ``object_threshold`` outside [0, 1].
+    (``ModelNotFoundError`` and ``ModelUnavailableError``, also ``FileNotFoundError``;
+    ``WrongModelKindError`` and ``ModelDirectoryError``; all ``ValueError``), and ``ValueError``
+    for an unknown device or dtype, a negative ``top_k``, an ``object_score`` not in
+    ``OBJECT_SCORES`` or an ``object_threshold`` outside [0, 1].
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class EGTRPredictor:
         if isinstance(model_or_dir, EGTRForSceneGraphGeneration):
             model = model_or_dir
         else:
-            model = load_pretrained(Path(model_or_dir))
+            model = load_pretrained(model_or_dir)
         model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]
         model.eval()  # type: ignore[no-untyped-call]
         self.model = model
@@ -79,6 +80,31 @@ class EGTRPredictor:
         self.max_size = config.image_max_size if max_size is None else max_size
         self.pad_batches = pad_batches
         self.object_threshold = object_threshold
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str | os.PathLike[str],
+        device: DeviceLike = "auto",
+        dtype: DTypeLike | str = "auto",
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        **settings: Any,
+    ) -> EGTRPredictor:
+        """A predictor for the model ``name``: a local model directory or ``hf:ORG/NAME``.
+
+        A hub model is fetched once into the Hugging Face cache (the first download says so in
+        one line on stderr); with ``HF_HUB_OFFLINE=1`` only the cache is read, and a model that
+        is not there fails at once. ``revision`` / ``token`` apply to hub ids; ``settings`` are
+        the constructor's keywords (``top_k``, ``object_threshold``, ...). The load is strict, as
+        for a directory.
+
+        Returns the predictor. Raises what the constructor raises, notably
+        :class:`~egtr.builders.ModelUnavailableError` naming a hub id that cannot be had here.
+        """
+        model = load_pretrained(name, revision=revision, token=token)
+        return cls(model, device, dtype, **settings)
 
     def predict(
         self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 1

@@ -290,23 +290,21 @@ def format_size(size: int) -> str:
 
 def _snapshot_problem(exc: BaseException, repo_id: str, cache: Path) -> str:
     """What went wrong, in a few words, for :class:`ModelNotAvailableError`."""
-    from huggingface_hub.errors import (
-        HFValidationError,
-        IncompleteSnapshotError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub import errors
 
-    if isinstance(exc, HFValidationError):
+    def kind(name: str) -> bool:  # by name: not every version of the hub client has them all
+        found = getattr(errors, name, None)
+        return isinstance(found, type) and isinstance(exc, found)
+
+    if kind("HFValidationError"):
         return f"{repo_id!r} is not a valid Hugging Face Hub id (expected ORG/NAME)"
-    if isinstance(exc, IncompleteSnapshotError):
+    if kind("IncompleteSnapshotError"):
         return f"its copy in the Hugging Face cache ({cache}) is incomplete"
-    if isinstance(exc, LocalEntryNotFoundError) and is_offline():
+    if kind("LocalEntryNotFoundError") and is_offline():
         return f"it is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set"
-    if isinstance(exc, RevisionNotFoundError):
+    if kind("RevisionNotFoundError"):
         return "the Hugging Face Hub has no such revision of it"
-    if isinstance(exc, RepositoryNotFoundError):
+    if kind("RepositoryNotFoundError"):
         return (
             "the Hugging Face Hub has no such model, or it is private "
             "(log in with `hf auth login` for a private one)"
