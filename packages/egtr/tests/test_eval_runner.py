@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,8 @@ def test_eval_vg_end_to_end(
             "--device",
             "cpu",
             "--quiet",
+            "--batch-size",  # as the predictor (the default batches pad the images)
+            "1",
         ]
     )
     assert code == 0
@@ -372,18 +376,23 @@ def test_unreadable_image_is_an_error_row(
     assert result["failed"] == [rows[1]]
 
 
-def test_interrupted_eval_leaves_no_half_file(
+def test_interrupted_eval_resumes_to_the_same_result(
     tiny_model_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Ctrl-C keeps the predictions written so far; the same command resumes, recomputes the
+    interrupted batch whole (same padding) and ends with the files of an uninterrupted run."""
     from egtr.evaluation import runner
 
     root = write_tiny_vg(tmp_path / "vg")
+    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--device", "cpu"]
+    argv += ["--quiet", "--no-detection-ap"]
+    assert _eval([*argv, "--out", str(tmp_path / "whole")]) == 0
+    capsys.readouterr()
     out = tmp_path / "out"
-    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--out", str(out)]
-    argv += ["--device", "cpu", "--quiet", "--no-detection-ap"]
+    argv += ["--out", str(out)]
     calls = []
     real = runner.boxes_to_pixels
 
@@ -397,9 +406,211 @@ def test_interrupted_eval_leaves_no_half_file(
     assert _eval(argv) == 130
     err = capsys.readouterr().err
     assert "egtr eval: interrupted" in err
-    assert "run again with: egtr eval --model" in err
-    assert not (out / "predictions.jsonl").exists()
+    assert "resume with: egtr eval --model" in err
+    kept = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in kept] == [31]
     assert not (out / "result.json").exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     monkeypatch.setattr(runner, "boxes_to_pixels", real)
-    assert _eval(argv) == 0  # the same command runs again
+    assert _eval([arg for arg in argv if arg != "--quiet"]) == 0  # the same command resumes
+    err = capsys.readouterr().err
+    assert "egtr eval: resumed: 1 of 3 images were already in predictions.jsonl" in err
+    whole = tmp_path / "whole"
+    assert (out / "predictions.jsonl").read_bytes() == (whole / "predictions.jsonl").read_bytes()
+    result = json.loads((out / "result.json").read_text())
+    assert result["metrics"] == json.loads((whole / "result.json").read_text())["metrics"]
+    assert result["run"] == {"processes": 1, "computed": 2, "reused": 1}
+    assert result["settings"]["batch_size"] == 8  # the CPU default: one batch of 3 images
+
+
+def _outputs(seed: int, queries: int = 6, classes: int = 3, predicates: int = 4) -> dict[str, Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "logits": torch.randn(queries, classes, generator=generator),
+        "pred_boxes": torch.rand(queries, 4, generator=generator) * 0.5 + 0.25,
+        "pred_rel": torch.rand(queries, queries, predicates, generator=generator),
+        "pred_connectivity": torch.rand(queries, queries, generator=generator),
+    }
+
+
+@pytest.mark.parametrize("kind", ["vg", "oi"])
+def test_prediction_rows_give_back_exactly_what_the_metrics_use(kind: str) -> None:
+    """The metrics are computed from predictions.jsonl: its rows must hold the float32 values
+    bit for bit (the rows once rounded scores to 6 digits and boxes to 0.01 pixel)."""
+    import numpy as np
+
+    from egtr.evaluation.runner import ImagePredictions
+
+    for seed in range(3):
+        found = ImagePredictions.from_outputs(
+            _outputs(seed), 83, 61, kind=kind, object_score="softmax", top_k=7, detections=True
+        )
+        row = json.loads(json.dumps(found.to_row(5, "5.jpg", (83, 61))))
+        back = ImagePredictions.from_row(row)
+        assert back.to_row(5, "5.jpg", (83, 61)) == row
+        pairs = [(found.graph, back.graph), (found.free, back.free)]
+        if kind == "oi":
+            assert found.candidates is not None
+            assert back.candidates is not None
+            pairs.append((found.candidates, back.candidates))
+        else:
+            assert back.candidates is None
+        for want, got in pairs:
+            for name in ("subjects", "objects", "predicates", "scores"):
+                assert np.array_equal(getattr(want, name), getattr(got, name)), name
+            assert got.scores.dtype == want.scores.dtype == np.float64
+            used = np.concatenate([want.subjects, want.objects])
+            assert np.array_equal(want.boxes[used], got.boxes[used])
+            assert np.array_equal(want.labels[used], got.labels[used])
+        assert found.detections is not None
+        assert back.detections is not None
+        for want_part, got_part in zip(found.detections, back.detections, strict=True):
+            assert want_part.dtype == got_part.dtype
+            assert np.array_equal(want_part, got_part)
+        assert len(found.detections[0]) == (6 if kind == "oi" else 6 * 3)
+
+
+def test_default_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from egtr.evaluation.runner import default_batch_size
+
+    assert default_batch_size(torch.device("cpu"), torch.float32) == 8
+    free = {"bytes": 20 << 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free["bytes"], 80 << 30))
+    cuda = torch.device("cuda", 0)
+    assert default_batch_size(cuda, torch.float32) == 10  # half of 20 GiB at 1 GiB an image
+    assert default_batch_size(cuda, torch.bfloat16) == 20
+    assert default_batch_size(cuda, torch.float32, 600, 1000) == 17  # 10 / 0.5627
+    free["bytes"] = 100 << 30
+    assert default_batch_size(cuda, torch.bfloat16) == 32  # 100, capped
+    free["bytes"] = 1 << 30
+    assert default_batch_size(cuda, torch.float32) == 1
+
+
+def test_a_resumed_run_keeps_its_batch_size_and_retries_error_rows(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_tiny_vg(tmp_path / "vg")
+    image = root / "images" / "32.png"
+    good = image.read_bytes()
+    image.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--out", str(out)]
+    argv += ["--device", "cpu", "--quiet", "--no-detection-ap"]
+    assert _eval([*argv, "--batch-size", "2"]) == 1
+    assert json.loads((out / "result.json").read_text())["failed"][0]["id"] == 32
+    capsys.readouterr()
+    image.write_bytes(good)
+    assert _eval(argv) == 0  # no --batch-size: the recorded 2, not the default
+    capsys.readouterr()
+    result = json.loads((out / "result.json").read_text())
+    assert (result["images"], result["errors"], result["settings"]["batch_size"]) == (3, 0, 2)
+    assert result["run"] == {"processes": 1, "computed": 1, "reused": 2}
+    assert _eval([*argv, "--batch-size", "3"]) == 2
+    assert "settings.batch_size: 2 -> 3" in _one_line_error(capsys)
+
+
+def _six_image_vg(root: Path) -> Path:
+    """The tiny VG with three more test images (a copy of each, another id and seed)."""
+    from sgg_data_testing import write_image
+
+    write_tiny_vg(root)
+    coco = json.loads((root / "test.json").read_text())
+    rel = json.loads((root / "rel.json").read_text())
+    for new_id, old_id in ((34, 31), (35, 32), (36, 33)):
+        image = next(i for i in coco["images"] if i["id"] == old_id)
+        name = f"{new_id}.jpg"
+        write_image(root / "images" / name, image["width"], image["height"], seed=new_id)
+        coco["images"].append({**image, "id": new_id, "file_name": name})
+        for annotation in [a for a in coco["annotations"] if a["image_id"] == old_id]:
+            new_annotation = {**annotation, "id": annotation["id"] + 1000, "image_id": new_id}
+            coco["annotations"].append(new_annotation)
+        if str(old_id) in rel["test"]:
+            rel["test"][str(new_id)] = rel["test"][str(old_id)]
+    (root / "test.json").write_text(json.dumps(coco))
+    (root / "rel.json").write_text(json.dumps(rel))
+    return root
+
+
+def _torchrun_eval(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-port", str(port), "-m", "egtr", "eval", *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_two_processes_write_what_one_writes_also_after_resumes(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``torchrun --nproc-per-node 2 -m egtr eval``: the merged predictions and the metrics are
+    a single process's, also when one process resumes what two left (a torn line, a leftover
+    part file of another world size) and two resume what one left (interrupted)."""
+    from egtr.evaluation import runner
+
+    root = _six_image_vg(tmp_path / "vg")
+    (root / "images" / "35.jpg").write_bytes(b"not an image")  # an error row, merged too
+    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--device", "cpu"]
+    argv += ["--quiet", "--batch-size", "2"]
+    one = tmp_path / "one"
+    assert _eval([*argv, "--out", str(one)]) == 1
+    capsys.readouterr()
+    want = (one / "predictions.jsonl").read_bytes()
+    rows = want.decode().splitlines()
+    assert [json.loads(row)["id"] for row in rows] == [31, 32, 33, 34, 35, 36]
+    metrics = json.loads((one / "result.json").read_text())["metrics"]
+
+    two = tmp_path / "two"
+    done = _torchrun_eval([*argv, "--out", str(two)])
+    assert done.returncode == 1, done.stderr[-3000:]  # 1: an error row (rank 0's status)
+    assert json.loads(done.stdout[done.stdout.index("{") :])["images"] == 5
+    assert (two / "predictions.jsonl").read_bytes() == want
+    result = json.loads((two / "result.json").read_text())
+    assert result["metrics"] == metrics
+    assert result["run"] == {"processes": 2, "computed": 6, "reused": 0}
+    assert not [p.name for p in two.iterdir() if p.name.startswith(".")]
+
+    # killed midway: a torn last line, and the part of a rank of a 3-process run
+    (two / "predictions.jsonl").write_text(rows[0] + "\n" + rows[1][:40])
+    (two / ".predictions.jsonl.part-2").write_text(rows[3] + "\n" + rows[4] + "\n")
+    (two / "result.json").unlink()
+    assert _eval([*argv, "--out", str(two)]) == 1
+    capsys.readouterr()
+    assert (two / "predictions.jsonl").read_bytes() == want
+    result = json.loads((two / "result.json").read_text())
+    assert result["metrics"] == metrics
+    assert result["run"] == {"processes": 1, "computed": 4, "reused": 2}  # 35 retried
+    assert not [p.name for p in two.iterdir() if p.name.startswith(".")]
+
+    # one process interrupted at its fourth image, resumed by two
+    three = tmp_path / "three"
+    calls = []
+    real = runner.boxes_to_pixels
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "boxes_to_pixels", interrupted)
+    assert _eval([*argv, "--out", str(three)]) == 130
+    capsys.readouterr()
+    assert len((three / "predictions.jsonl").read_text().splitlines()) == 3
+    done = _torchrun_eval([*argv, "--out", str(three)])
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert (three / "predictions.jsonl").read_bytes() == want
+    result = json.loads((three / "result.json").read_text())
+    assert result["metrics"] == metrics
+    assert result["run"] == {"processes": 2, "computed": 3, "reused": 3}

@@ -308,12 +308,9 @@ class ShardedRun:
         in_order = list(chosen)
         for path in parts:
             for row in read_results(path, repair=False, retry_errors=False).rows:
-                key = id_key(row["id"])
-                kept = chosen.get(key)
-                if kept is None or ("error" in kept and "error" not in row):
-                    chosen[key] = row
+                chosen.setdefault(id_key(row["id"]), row)  # a row of each id (all alike)
         ordered = self._ordered(chosen)
-        if parts or found.repaired or [id_key(row["id"]) for row in ordered] != in_order:
+        if parts or [id_key(row["id"]) for row in ordered] != in_order:
             self._rewrite(ordered)
         for path in parts:
             path.unlink()

@@ -4,7 +4,8 @@ Kept import-light: torch and the data/evaluation modules load only when the comm
 The shared command-line rules (``vl_core.cli``): exit status 0 when every image was evaluated,
 1 when some images could not be read (error rows; the metrics cover the others), 2 for a usage
 error (one line ``egtr eval: error: ...``; a traceback only with ``--debug``), 130 when
-interrupted (the command to run again is printed; nothing half-written is left).
+interrupted (the command that resumes is printed: the predictions written so far are kept).
+Under ``torchrun`` the processes share the images out; rank 0 prints the results.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from vl_core.cli import (
     DTYPE_CHOICES,
+    EXIT_OK,
     add_quiet_option,
     deprecated_alias,
     device_name,
@@ -39,8 +41,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Evaluate a model directory on a data split: writes predictions.jsonl and "
             "result.json (R@K, mR@K, zR@K graph-constrained and unconstrained, AP50; Open "
-            "Images: microR@50, wmAP_rel, wmAP_phr, score_wtd). With --fps: forward-only "
-            "images/s at batch 1 and 600/1000 resizing, written to fps.json."
+            "Images: microR@50, wmAP_rel, wmAP_phr, score_wtd). Running the same command again "
+            "resumes an interrupted run; under torchrun (torchrun --nproc-per-node N -m egtr "
+            "eval ...) the processes share the images. With --fps: forward-only images/s at "
+            "batch 1 and 600/1000 resizing, written to fps.json."
         ),
     )
     parser.add_argument(
@@ -64,8 +68,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size",
         type=positive_int,
-        default=1,
-        help="padding changes outputs slightly; 1 is exact (default)",
+        help=(
+            "images per forward pass (default: a resumed run's, else 8 on CPU and what fits in "
+            "half the free memory of a GPU); padding changes outputs slightly, 1 is exact"
+        ),
     )
     parser.add_argument(
         "--workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)"
@@ -139,7 +145,6 @@ def run_eval_command(args: argparse.Namespace) -> int:
         argv=command_arguments(parser, args) if parser is not None else None,
         user_errors=_user_errors(),
         debug=bool(getattr(args, "debug", False)),
-        resumable=False,
     )
 
 
@@ -182,6 +187,9 @@ def command_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace)
 def _run_eval(args: argparse.Namespace) -> int:
     import egtr.modeling  # noqa: F401 - transformers, loaded before its chatter is silenced
     from egtr.evaluation.runner import EvalOptions, evaluate, json_safe, measure_fps
+    from vl_core.distributed import from_environment
+
+    main = from_environment().is_main  # under torchrun, rank 0 reports
 
     options = EvalOptions(
         model=Path(args.model),
@@ -190,7 +198,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         split=args.split,
         out=Path(args.out) if args.out else None,
         image_dir=Path(args.image_dir) if args.image_dir else None,
-        batch_size=args.batch_size,
+        batch_size=1 if args.fps else args.batch_size,
         num_workers=args.workers,
         device=args.device,
         dtype=args.dtype,
@@ -220,7 +228,16 @@ def _run_eval(args: argparse.Namespace) -> int:
             print(json.dumps(json_safe(result), indent=2))
         else:
             result = evaluate(options)
+            if not main:
+                return EXIT_OK  # this process's share is done; rank 0 reports the run
             print(json.dumps(json_safe(_headline(result)), indent=2))
+            reused = int(result.get("run", {}).get("reused", 0))
+            if reused and not args.quiet:
+                print(
+                    f"{PROG}: resumed: {reused} of {result['images'] + result['errors']} images "
+                    "were already in predictions.jsonl",
+                    file=sys.stderr,
+                )
     errors = int(result.get("errors", 0))
     if errors:
         what = "skipped" if args.fps else "error rows, left out of the metrics"

@@ -1,19 +1,23 @@
 """``egtr eval``: run a model over a data split, write per-image predictions and ``result.json``;
 ``--fps``: forward-only throughput at batch 1 (the paper's 600/1000 protocol).
 
-Outputs follow the shared file rules (:mod:`vl_core.files`): ``result.json``, ``fps.json`` and
-``predictions.jsonl`` appear atomically; ``run.json`` (``fps.run.json``) records the model and
-annotation fingerprints and the settings, so an output folder is only written again by a run of
+Outputs follow the shared file rules (:mod:`vl_core.files`). ``predictions.jsonl`` is the
+resumable cache of the run (:class:`vl_core.runs.ShardedRun`): one row per image, appended as it
+is computed, so an interrupted run (Ctrl-C, ``kill -9``) resumes where it stopped; the metrics
+are computed from it, so they do not depend on how the run was interrupted or sharded. Under
+``torchrun`` the batches are dealt out to the processes, each appends to its own part file, and
+rank 0 merges them in input order and computes the metrics. ``result.json`` and ``fps.json``
+appear atomically; ``run.json`` (``fps.run.json``) records the model and annotation
+fingerprints and the settings, so an output folder is only resumed or written again by a run of
 the same inputs and settings, and never when it holds such files from something else, unless
 ``overwrite``. The model directory is opened with the strict
 :func:`egtr.builders.load_pretrained`. An image that cannot be read is an error row of
-``predictions.jsonl`` (and of ``result.json``'s ``failed``), left out of the metrics; the run
-carries on.
+``predictions.jsonl`` (and of ``result.json``'s ``failed``), left out of the metrics and tried
+again by a resumed run; the run carries on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -22,14 +26,16 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from egtr.builders import load_pretrained
-from egtr.data.base import SceneGraphDataset, Target
+from egtr.data.base import SceneGraphDataset, Target, _clip_xyxy
 from egtr.data.collate import collate
 from egtr.data.openimages import OpenImagesDataset
 from egtr.data.statistics import predicate_statistics
@@ -43,9 +49,10 @@ from egtr.modeling import EGTRForSceneGraphGeneration
 from egtr.postprocess import boxes_to_pixels, object_scores, top_triplets
 from vl_core.cli import MissingExtraError
 from vl_core.devices import resolve_device, resolve_dtype
+from vl_core.distributed import Dist, device_for_rank, process_group
 from vl_core.files import (
     OutputExistsError,
-    atomic_output,
+    ResultsFileError,
     check_manifest,
     error_text,
     file_fingerprint,
@@ -53,6 +60,7 @@ from vl_core.files import (
     write_json,
 )
 from vl_core.images import ImageLoadError
+from vl_core.runs import ShardedRun
 
 DATASET_KINDS = ("auto", "vg", "oi")
 EVAL_OUTPUTS = ("result.json", "predictions.jsonl")
@@ -75,7 +83,9 @@ class EvalOptions:
     split: str = "test"
     out: Path | None = None
     image_dir: Path | None = None
-    batch_size: int = 1
+    batch_size: int | None = None
+    """Images per forward pass; ``None``: the batch size a resumed run recorded, else
+    :func:`default_batch_size`."""
     num_workers: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -141,8 +151,11 @@ def load_eval_dataset(
     raise EvalInputError(f"dataset must be one of {DATASET_KINDS}, got {kind!r}")
 
 
-def load_model(options: EvalOptions) -> tuple[EGTRForSceneGraphGeneration, torch.device]:
-    """The model of ``options.model`` on the chosen device/dtype, in eval mode, with overrides.
+def load_model(
+    options: EvalOptions, on: str | None = None
+) -> tuple[EGTRForSceneGraphGeneration, torch.device]:
+    """The model of ``options.model`` on device ``on`` (default ``options.device``) and the chosen
+    dtype, in eval mode, with overrides.
 
     Returns ``(model, device)``. The directory is opened with the strict
     :func:`egtr.builders.load_pretrained`, whose ``ModelDirectoryError`` (a ``ValueError``) it
@@ -154,23 +167,32 @@ def load_model(options: EvalOptions) -> tuple[EGTRForSceneGraphGeneration, torch
         model.config.use_logit_adjustment = options.logit_adjustment
     if options.tau is not None:
         model.config.logit_adjustment_tau = options.tau
-    device = resolve_device(options.device)
+    device = resolve_device(options.device if on is None else on)
     model.to(device=device, dtype=resolve_dtype(options.dtype, device))  # type: ignore[call-arg]
     model.eval()  # type: ignore[no-untyped-call]
     return model, device
 
 
 def evaluate(options: EvalOptions) -> dict[str, Any]:
-    """Run the evaluation; writes ``predictions.jsonl``, ``result.json`` and ``run.json`` into
-    ``options.out`` (default ``<model>/eval-<split>``) and returns the result.
+    """Run (or resume) the evaluation; writes ``predictions.jsonl``, ``result.json`` and
+    ``run.json`` into ``options.out`` (default ``<model>/eval-<split>``) and returns the result.
+
+    ``predictions.jsonl`` is the resumable cache of the run (one row per image, id = image id,
+    `vl_core.runs.ShardedRun`): a rerun skips the images it holds, and the metrics are computed
+    from it, so they are the same whether the run was interrupted, resumed or sharded. Under
+    ``torchrun`` the images are shared out among the processes by batch (see
+    `vl_core.runs`); every process returns the result. With ``write_predictions`` off the cache
+    is removed once ``result.json`` is written.
 
     Everything is checked before the output folder is touched. Images that cannot be read are
-    error rows (``result["errors"]`` counts them, ``result["failed"]`` lists them) and are left
-    out of the metrics. Raises ``FileNotFoundError`` / :class:`egtr.data.AnnotationError` for the
-    data, ``ModelDirectoryError`` (a ``ValueError``) for the model, `EvalInputError` when they do
-    not fit together, ``vl_core.files.ResultsFileError`` when the output folder holds files of
-    something else or of other inputs or settings (unless ``options.overwrite``),
-    ``vl_core.cli.MissingExtraError`` without pycocotools (unless ``detection_ap`` is off).
+    error rows (``result["errors"]`` counts them, ``result["failed"]`` lists them), left out of
+    the metrics and tried again by a rerun. Raises ``FileNotFoundError`` /
+    :class:`egtr.data.AnnotationError` for the data, ``ModelDirectoryError`` (a ``ValueError``)
+    for the model, `EvalInputError` when they do not fit together, ``vl_core.files.ResultsFileError``
+    when the output folder holds files of something else or of other inputs or settings (unless
+    ``options.overwrite``), ``vl_core.cli.MissingExtraError`` without pycocotools (unless
+    ``detection_ap`` is off), ``vl_core.distributed.DistributedError`` when another process of a
+    ``torchrun`` run failed.
     """
     kind = detect_dataset_kind(options.data) if options.dataset == "auto" else options.dataset
     if options.detection_ap:
@@ -178,7 +200,13 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
             require_pycocotools()
         except ImportError as exc:
             raise MissingExtraError(str(exc)) from exc
-    model, device = load_model(options)
+    with process_group("gloo") as dist:
+        return _evaluate(options, kind, dist)
+
+
+def _evaluate(options: EvalOptions, kind: str, dist: Dist) -> dict[str, Any]:
+    start = time.perf_counter()
+    model, device = load_model(options, device_for_rank(options.device, dist))
     config = model.config
     min_size = options.min_size or config.image_min_size
     max_size = options.max_size or config.image_max_size
@@ -194,40 +222,173 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     )
     _check_label_spaces(dataset, model)
     out_dir = output_folder(options)
-    object_score = options.object_score or config.object_score
-    names = dataset.predicate_labels
     seen = _seen_triplets(options, kind, dataset) if options.zero_shot and kind == "vg" else None
     splits = [options.split] + ([options.train_split] if seen is not None else [])
-    settings = {
-        "dataset": kind,
-        "split": options.split,
-        "limit": options.limit,
-        "min_size": options.min_size,
-        "max_size": options.max_size,
-        "top_k": options.top_k,
-        "object_score": options.object_score,
-        "logit_adjustment": options.logit_adjustment,
-        "tau": options.tau,
-        "detection_ap": options.detection_ap,
-        "zero_shot": seen is not None,
-        "train_split": options.train_split if seen is not None else None,
-        "write_predictions": options.write_predictions,
-        "batch_size": options.batch_size,
-        "dtype": options.dtype,
-        "oi_ap_overlap": options.oi_ap_overlap if kind == "oi" else None,
-    }
-    prepare_output(
-        out_dir,
-        "run.json",
-        EVAL_OUTPUTS,
-        run_record(options, kind, splits, settings),
-        inputs=[
-            *_model_files(options.model).values(),
-            *annotation_files(options.data, kind, splits).values(),
-        ],
+    dtype = next(model.parameters()).dtype
+
+    def prepare() -> int:
+        """Rank 0: the batch size, then the output folder and its manifest."""
+        batch_size = options.batch_size or _resumed_batch_size(out_dir, options.overwrite)
+        if batch_size is None:
+            batch_size = default_batch_size(device, dtype, min_size, max_size)
+        settings = {
+            "dataset": kind,
+            "split": options.split,
+            "limit": options.limit,
+            "min_size": options.min_size,
+            "max_size": options.max_size,
+            "top_k": options.top_k,
+            "object_score": options.object_score,
+            "logit_adjustment": options.logit_adjustment,
+            "tau": options.tau,
+            "detection_ap": options.detection_ap,
+            "zero_shot": seen is not None,
+            "train_split": options.train_split if seen is not None else None,
+            "batch_size": batch_size,
+            "dtype": options.dtype,
+            "oi_ap_overlap": options.oi_ap_overlap if kind == "oi" else None,
+        }
+        prepare_output(
+            out_dir,
+            "run.json",
+            EVAL_OUTPUTS,
+            run_record(options, kind, splits, settings),
+            inputs=[
+                *_model_files(options.model).values(),
+                *annotation_files(options.data, kind, splits).values(),
+            ],
+            overwrite=options.overwrite,
+        )
+        return batch_size
+
+    batch_size = dist.run_on_main(prepare, error=ResultsFileError)
+    count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
+    records = dataset.records[:count]
+    run = ShardedRun(
+        out_dir / "predictions.jsonl",
+        [record.image_id for record in records],
+        dist,
+        block_size=batch_size,
         overwrite=options.overwrite,
-        stale=() if options.write_predictions else ("predictions.jsonl",),
     )
+    resumed = run.start()
+    object_score = options.object_score or config.object_score
+    todo = set(run.todo)
+    with run.writing() as writer:
+        positions = [position for block in run.blocks for position in block.positions]
+        work = _run(model, positions, dataset, device, options, dist, batch_size)
+        for index, target, out, error in work:
+            if index not in todo:
+                continue  # done before: computed again only for its batch's padding
+            record = records[index]
+            if target is None or out is None:
+                row = {"id": record.image_id, "image_id": record.image_id}
+                writer.write({**row, "file_name": record.file_name, "error": error})
+                continue
+            height, width = (int(v) for v in target["orig_size"])
+            found = ImagePredictions.from_outputs(
+                out,
+                width,
+                height,
+                kind=kind,
+                object_score=object_score,
+                top_k=options.top_k,
+                detections=options.detection_ap,
+            )
+            writer.write(found.to_row(record.image_id, record.file_name, (width, height)))
+    finished = run.finish()
+
+    def summarise() -> dict[str, Any]:
+        """Rank 0: the metrics from the predictions cache, then ``result.json``."""
+        if finished.missing:  # pragma: no cover - a complete run leaves none
+            raise RuntimeError(f"{finished.missing} images have no row in predictions.jsonl")
+        metrics, failed = _metrics_from_rows(
+            finished.rows[:count], dataset, kind, options, seen, dataset.predicate_labels
+        )
+        result = {
+            "model": str(options.model),
+            "data": str(options.data),
+            "dataset": kind,
+            "split": options.split,
+            "images": count - len(failed),
+            "errors": len(failed),
+            "failed": failed,
+            "settings": {
+                "min_size": min_size,
+                "max_size": max_size,
+                "top_k": options.top_k,
+                "object_score": object_score,
+                "use_logit_adjustment": bool(config.use_logit_adjustment),
+                "logit_adjustment_tau": float(config.logit_adjustment_tau),
+                "batch_size": batch_size,
+                "device": str(device),
+                "dtype": str(dtype).replace("torch.", ""),
+                "zero_shot": seen is not None,
+                "detections": None if not options.detection_ap else _detection_mode(kind),
+                "oi_ap_overlap": options.oi_ap_overlap if kind == "oi" else None,
+            },
+            "metrics": metrics,
+            "run": {
+                "processes": dist.world_size,
+                "computed": finished.written,
+                "reused": resumed.done,
+            },
+            "options": {**options_dict(options), "batch_size": batch_size},
+            "elapsed_s": round(time.perf_counter() - start, 3),
+        }
+        write_json(out_dir / "result.json", json_safe(result))
+        if not options.write_predictions:  # the cache served the run; it is not wanted
+            (out_dir / "predictions.jsonl").unlink(missing_ok=True)
+        return result
+
+    result: dict[str, Any] = dist.run_on_main(summarise)
+    return result
+
+
+def default_batch_size(
+    device: torch.device, dtype: torch.dtype, min_size: int = 800, max_size: int = 1333
+) -> int:
+    """The ``egtr eval`` batch size when none is given: 8 off CUDA; on a CUDA device, what fits
+    in half of its free memory at 1 GiB per ``min_size x max_size`` image in float32 (half that
+    in 16-bit types), between 1 and 32. Returns the batch size."""
+    if device.type != "cuda":
+        return 8
+    free, _ = torch.cuda.mem_get_info(device)
+    scale = (min_size * max_size) / (800 * 1333) * (torch.finfo(dtype).bits / 32)
+    per_image = (1 << 30) * scale
+    return max(1, min(32, int(free * 0.5 // per_image)))
+
+
+def _resumed_batch_size(out_dir: Path, overwrite: bool) -> int | None:
+    """The batch size the run in ``out_dir`` recorded (a resumed run keeps its batches)."""
+    if overwrite:
+        return None
+    try:
+        recorded = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = recorded.get("settings.batch_size") if isinstance(recorded, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _ground_truth(dataset: SceneGraphDataset, index: int, width: int, height: int) -> GroundTruth:
+    """Image ``index``'s ground truth as its evaluation target has it (boxes clipped to the
+    ``width x height`` image), from the annotations alone (no image is read)."""
+    record = dataset.records[index]
+    boxes = torch.from_numpy(record.boxes.astype(np.float32).reshape(-1, 4))
+    rels = np.array(dataset.relations(index), dtype=np.int64).reshape(-1, 3)
+    return GroundTruth.create(_clip_xyxy(boxes, width, height), record.labels, rels)
+
+
+def _metrics_from_rows(
+    rows: Sequence[dict[str, Any]],
+    dataset: SceneGraphDataset,
+    kind: str,
+    options: EvalOptions,
+    seen: Tensor | None,
+    names: Sequence[str],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The metrics of the prediction rows (in input order) and the error rows."""
     constrained = SGGEvaluator(len(names), seen_triplets=seen, predicate_names=names)
     unconstrained = SGGEvaluator(len(names), seen_triplets=seen, predicate_names=names)
     oi_eval = (
@@ -240,83 +401,23 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         if options.detection_ap
         else None
     )
-    records = {record.image_id: record for record in dataset.records}
-
-    start = time.perf_counter()
-    count = 0
     failed: list[dict[str, Any]] = []
-    with contextlib.ExitStack() as outputs:
-        pred_file: IO[Any] | None = None
-        if options.write_predictions:  # appears whole when the run completes
-            pred_file = outputs.enter_context(atomic_output(out_dir / "predictions.jsonl"))
-        for index, target, out, error in _run(model, dataset, device, options):
-            if target is None or out is None:
-                image = dataset.records[index]
-                row = {"image_id": image.image_id, "file_name": image.file_name, "error": error}
-                failed.append(row)
-                if pred_file is not None:
-                    pred_file.write(json.dumps(row) + "\n")
-                continue
-            count += 1
-            height, width = (int(v) for v in target["orig_size"])
-            logits = out["logits"]
-            boxes = boxes_to_pixels(out["pred_boxes"], width, height)
-            scores, labels = object_scores(logits, object_score)
-            rel = out["pred_rel"].float()
-            conn = out["pred_connectivity"].float()
-            graph = top_triplets(scores, rel, conn, top_k=options.top_k, graph_constrained=True)
-            free = top_triplets(scores, rel, conn, top_k=options.top_k, graph_constrained=False)
-            gt = GroundTruth.from_target(target)
-            pred_graph = PredictedTriplets.create(
-                boxes, labels, graph.subjects, graph.objects, graph.predicates, graph.scores
-            )
-            pred_free = PredictedTriplets.create(
-                boxes, labels, free.subjects, free.objects, free.predicates, free.scores
-            )
-            constrained.add(gt, pred_graph)
-            unconstrained.add(gt, pred_free)
-            record: dict[str, Any] = {
-                "image_id": target["image_id"],
-                "file_name": records[target["image_id"]].file_name,
-                "image_size": [width, height],
-                "triplets": _triplet_rows(pred_graph),
-                "triplets_unconstrained": _triplet_rows(pred_free),
-            }
-            used = {*pred_graph.subjects.tolist(), *pred_graph.objects.tolist()}
-            used |= {*pred_free.subjects.tolist(), *pred_free.objects.tolist()}
-            if oi_eval is not None:
-                candidates = oi_candidates(scores, labels, boxes, rel * conn[..., None])
-                oi_eval.add(gt, candidates)
-                record["oi_candidates"] = _triplet_rows(candidates)
-                used |= {*candidates.subjects.tolist(), *candidates.objects.tolist()}
-            if detection is not None:
-                if kind == "vg":
-                    det_boxes, det_labels, det_scores, det_queries = top_detections(logits, boxes)
-                else:
-                    det_boxes, det_labels, det_scores = boxes, labels, scores
-                    det_queries = torch.arange(len(boxes))
-                detection.add(
-                    target["image_id"], gt.boxes, gt.labels, det_boxes, det_labels, det_scores
-                )
-                record["detections"] = [
-                    [int(q), int(c), _score(s)]
-                    for q, c, s in zip(
-                        det_queries.tolist(), det_labels.tolist(), det_scores.tolist(), strict=True
-                    )
-                ]
-                used |= set(det_queries.tolist())
-            record["objects"] = [
-                [
-                    q,
-                    *(round(float(v), 2) for v in boxes[q].tolist()),
-                    int(labels[q]),
-                    _score(float(scores[q])),
-                ]
-                for q in sorted(used)
-            ]
-            if pred_file is not None:
-                pred_file.write(json.dumps(record) + "\n")
-
+    for index, row in enumerate(rows):
+        if "error" in row:
+            failed.append(row)
+            continue
+        width, height = row["image_size"]
+        gt = _ground_truth(dataset, index, width, height)
+        found = ImagePredictions.from_row(row)
+        constrained.add(gt, found.graph)
+        unconstrained.add(gt, found.free)
+        if oi_eval is not None:
+            assert found.candidates is not None
+            oi_eval.add(gt, found.candidates)
+        if detection is not None:
+            assert found.detections is not None
+            det_boxes, det_labels, det_scores = found.detections
+            detection.add(row["image_id"], gt.boxes, gt.labels, det_boxes, det_labels, det_scores)
     metrics: dict[str, Any] = {
         "sgdet": constrained.compute(),
         "sgdet_unconstrained": unconstrained.compute(),
@@ -325,34 +426,153 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         metrics["open_images"] = oi_eval.compute()
     if detection is not None:
         metrics["detection"] = detection.compute()
-    result = {
-        "model": str(options.model),
-        "data": str(options.data),
-        "dataset": kind,
-        "split": options.split,
-        "images": count,
-        "errors": len(failed),
-        "failed": failed,
-        "settings": {
-            "min_size": min_size,
-            "max_size": max_size,
-            "top_k": options.top_k,
-            "object_score": object_score,
-            "use_logit_adjustment": bool(config.use_logit_adjustment),
-            "logit_adjustment_tau": float(config.logit_adjustment_tau),
-            "batch_size": options.batch_size,
-            "device": str(device),
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "zero_shot": seen is not None,
-            "detections": None if detection is None else _detection_mode(kind),
-            "oi_ap_overlap": options.oi_ap_overlap if kind == "oi" else None,
-        },
-        "metrics": metrics,
-        "options": options_dict(options),
-        "elapsed_s": round(time.perf_counter() - start, 3),
-    }
-    write_json(out_dir / "result.json", json_safe(result))
-    return result
+    return metrics, failed
+
+
+@dataclass(frozen=True)
+class ImagePredictions:
+    """One image's predictions as the metrics use them, and as ``predictions.jsonl`` holds them.
+
+    ``graph`` / ``free``: graph-constrained / unconstrained triplets; ``candidates``: the Open
+    Images candidates (OI only); ``detections``: ``(boxes [D, 4], labels [D], scores [D])`` for
+    detection AP (when it is computed). Scores and boxes are float32 values, written to the row
+    with the shortest text that reads back as the same float32, so `from_row` gives back exactly
+    what `from_outputs` computed.
+    """
+
+    graph: PredictedTriplets
+    free: PredictedTriplets
+    candidates: PredictedTriplets | None
+    detections: tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]] | None
+    object_scores: npt.NDArray[np.float32]
+    detection_queries: npt.NDArray[np.int64] | None
+
+    @classmethod
+    def from_outputs(
+        cls,
+        out: dict[str, Tensor],
+        width: int,
+        height: int,
+        *,
+        kind: str,
+        object_score: str,
+        top_k: int,
+        detections: bool,
+    ) -> ImagePredictions:
+        """From one image's model outputs (``logits``, ``pred_boxes``, ``pred_rel``,
+        ``pred_connectivity``, on the CPU) and its original ``width x height``. Returns them."""
+        logits = out["logits"]
+        boxes = boxes_to_pixels(out["pred_boxes"], width, height)
+        scores, labels = object_scores(logits, object_score)
+        rel = out["pred_rel"].float()
+        conn = out["pred_connectivity"].float()
+        graph = top_triplets(scores, rel, conn, top_k=top_k, graph_constrained=True)
+        free = top_triplets(scores, rel, conn, top_k=top_k, graph_constrained=False)
+        candidates = (
+            oi_candidates(scores, labels, boxes, rel * conn[..., None]) if kind == "oi" else None
+        )
+        found: tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]] | None = None
+        queries: npt.NDArray[np.int64] | None = None
+        if detections:
+            if kind == "vg":
+                det_boxes, det_labels, det_scores, det_queries = top_detections(logits, boxes)
+            else:
+                det_boxes, det_labels, det_scores = boxes, labels, scores
+                det_queries = torch.arange(len(boxes))
+            found = (det_boxes.numpy(), det_labels.numpy(), det_scores.numpy())
+            queries = det_queries.numpy().astype(np.int64)
+        return cls(
+            graph=PredictedTriplets.create(
+                boxes, labels, graph.subjects, graph.objects, graph.predicates, graph.scores
+            ),
+            free=PredictedTriplets.create(
+                boxes, labels, free.subjects, free.objects, free.predicates, free.scores
+            ),
+            candidates=candidates,
+            detections=found,
+            object_scores=scores.numpy(),
+            detection_queries=queries,
+        )
+
+    def to_row(self, image_id: Any, file_name: str, image_size: tuple[int, int]) -> dict[str, Any]:
+        """The ``predictions.jsonl`` row (``id`` = ``image_id``; ``image_size`` is ``[w, h]``)."""
+        row: dict[str, Any] = {
+            "id": image_id,
+            "image_id": image_id,
+            "file_name": file_name,
+            "image_size": list(image_size),
+            "triplets": _triplet_rows(self.graph),
+            "triplets_unconstrained": _triplet_rows(self.free),
+        }
+        used = {*self.graph.subjects.tolist(), *self.graph.objects.tolist()}
+        used |= {*self.free.subjects.tolist(), *self.free.objects.tolist()}
+        if self.candidates is not None:
+            row["oi_candidates"] = _triplet_rows(self.candidates)
+            used |= {*self.candidates.subjects.tolist(), *self.candidates.objects.tolist()}
+        if self.detections is not None and self.detection_queries is not None:
+            _, det_labels, det_scores = self.detections
+            row["detections"] = [
+                [int(q), int(c), s]
+                for q, c, s in zip(
+                    self.detection_queries.tolist(),
+                    det_labels.tolist(),
+                    _exact(det_scores),
+                    strict=True,
+                )
+            ]
+            used |= set(self.detection_queries.tolist())
+        queries = sorted(used)
+        boxes = _exact(self.graph.boxes[queries]) if queries else []
+        scores = _exact(self.object_scores[queries]) if queries else []
+        row["objects"] = [
+            [q, *boxes[4 * i : 4 * i + 4], int(self.graph.labels[q]), scores[i]]
+            for i, q in enumerate(queries)
+        ]
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ImagePredictions:
+        """From a ``predictions.jsonl`` row written by `to_row`. Boxes and labels of the queries
+        the row does not reference are zero. Returns them."""
+        objects = row["objects"]
+        size = max((int(obj[0]) for obj in objects), default=-1) + 1
+        boxes = np.zeros((size, 4), dtype=np.float32)
+        labels = np.zeros(size, dtype=np.int64)
+        scores = np.zeros(size, dtype=np.float32)
+        for q, x1, y1, x2, y2, label, score in objects:
+            boxes[q] = (x1, y1, x2, y2)
+            labels[q] = label
+            scores[q] = score
+
+        def triplets(name: str) -> PredictedTriplets:
+            found = np.asarray(row[name], dtype=np.float64).reshape(-1, 4)
+            return PredictedTriplets.create(
+                boxes,
+                labels,
+                found[:, 0].astype(np.int64),
+                found[:, 1].astype(np.int64),
+                found[:, 2].astype(np.int64),
+                found[:, 3].astype(np.float32),
+            )
+
+        detections = None
+        queries = None
+        if "detections" in row:
+            found = np.asarray(row["detections"], dtype=np.float64).reshape(-1, 3)
+            queries = found[:, 0].astype(np.int64)
+            detections = (
+                boxes[queries],
+                found[:, 1].astype(np.int64),
+                found[:, 2].astype(np.float32),
+            )
+        return cls(
+            graph=triplets("triplets"),
+            free=triplets("triplets_unconstrained"),
+            candidates=triplets("oi_candidates") if "oi_candidates" in row else None,
+            detections=detections,
+            object_scores=scores,
+            detection_queries=queries,
+        )
 
 
 def measure_fps(
@@ -401,7 +621,8 @@ def measure_fps(
         overwrite=options.overwrite,
     )
     dtype = next(model.parameters()).dtype
-    loader = _loader(dataset, 1, options)
+    count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
+    loader = _loader(dataset, range(count), 1, options)
     forward_s = 0.0
     timed = 0
     errors = 0
@@ -490,14 +711,13 @@ def prepare_output(
     *,
     inputs: Sequence[Path],
     overwrite: bool = False,
-    stale: Sequence[str] = (),
 ) -> None:
     """Make ``folder`` ready for a run's ``outputs`` (the first write of the run).
 
     Refuses, unless ``overwrite``, a folder holding one of ``outputs`` without the ``manifest``
     of this command (files it did not write), or whose manifest records other inputs or settings
     (the message names each difference); never writes over one of ``inputs``. Then writes the
-    manifest and removes the ``stale`` outputs an earlier run left that this one will not write.
+    manifest.
     Raises `vl_core.files.OutputExistsError` / ``ResultsFileError``; returns nothing.
     """
     if folder.exists() and not folder.is_dir():
@@ -511,22 +731,21 @@ def prepare_output(
         )
     folder.mkdir(parents=True, exist_ok=True)
     check_manifest(folder / manifest, record, overwrite=overwrite)
-    for name in stale:
-        (folder / name).unlink(missing_ok=True)
 
 
 class _GuardedItems(Dataset[tuple[int, tuple[Tensor, Target] | None, str | None]]):
-    """The first ``count`` items of ``dataset`` as ``(index, item, None)``, or ``(index, None,
+    """The items of ``dataset`` at ``positions`` as ``(index, item, None)``, or ``(index, None,
     error)`` for an image that cannot be read (an error row instead of a failed run)."""
 
-    def __init__(self, dataset: SceneGraphDataset, count: int) -> None:
+    def __init__(self, dataset: SceneGraphDataset, positions: Sequence[int]) -> None:
         self.dataset = dataset
-        self.count = count
+        self.positions = list(positions)
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.positions)
 
-    def __getitem__(self, index: int) -> tuple[int, tuple[Tensor, Target] | None, str | None]:
+    def __getitem__(self, item: int) -> tuple[int, tuple[Tensor, Target] | None, str | None]:
+        index = self.positions[item]
         try:
             return index, self.dataset[index], None
         except ImageLoadError as exc:
@@ -548,16 +767,21 @@ def _collate_guarded(
 
 def _run(
     model: EGTRForSceneGraphGeneration,
+    positions: Sequence[int],
     dataset: SceneGraphDataset,
     device: torch.device,
     options: EvalOptions,
+    dist: Dist,
+    batch_size: int,
 ) -> Iterator[tuple[int, Target | None, dict[str, Tensor] | None, str | None]]:
-    """``(index, target, outputs of that image on the CPU, None)`` for each evaluated image, or
-    ``(index, None, None, error)`` for one that cannot be read; in input order."""
+    """``(index, target, outputs of that image on the CPU, None)`` for each image at
+    ``positions`` (batches of ``batch_size`` consecutive ones), or ``(index, None, None, error)``
+    for one that cannot be read; in order."""
     dtype = next(model.parameters()).dtype
-    loader = _loader(dataset, options.batch_size, options)
+    loader = _loader(dataset, positions, batch_size, options)
+    desc = "egtr eval" if not dist.sharded else f"egtr eval (rank {dist.rank})"
     with torch.inference_mode():
-        for indices, images, failures in _progress(loader, options, desc="egtr eval"):
+        for indices, images, failures in _progress(loader, options, desc=desc):
             done: dict[int, tuple[Target, dict[str, Tensor]]] = {}
             if images is not None:
                 pixel_values, pixel_mask, targets = images
@@ -581,12 +805,13 @@ def _run(
                     yield index, *done[index], None
 
 
-def _loader(dataset: SceneGraphDataset, batch_size: int, options: EvalOptions) -> DataLoader[Any]:
+def _loader(
+    dataset: SceneGraphDataset, positions: Sequence[int], batch_size: int, options: EvalOptions
+) -> DataLoader[Any]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
     return DataLoader(
-        _GuardedItems(dataset, count),
+        _GuardedItems(dataset, positions),
         batch_size=batch_size,
         shuffle=False,
         num_workers=options.num_workers,
@@ -629,15 +854,21 @@ def _detection_mode(kind: str) -> str:
 
 def _triplet_rows(pred: PredictedTriplets) -> list[list[Any]]:
     return [
-        [int(s), int(o), int(p), _score(float(sc))]
+        [int(s), int(o), int(p), sc]
         for s, o, p, sc in zip(
-            pred.subjects, pred.objects, pred.predicates, pred.scores, strict=True
+            pred.subjects.tolist(),
+            pred.objects.tolist(),
+            pred.predicates.tolist(),
+            _exact(pred.scores),
+            strict=True,
         )
     ]
 
 
-def _score(value: float) -> float:
-    return float(f"{value:.6g}")
+def _exact(values: Any) -> list[float]:
+    """Float32 values (flattened) as the floats of their shortest text: JSON that reads back as
+    the same float32 values."""
+    return [float(str(value)) for value in np.asarray(values, dtype=np.float32).reshape(-1)]
 
 
 def _synchronize(device: torch.device) -> None:
