@@ -250,7 +250,7 @@ def _fit(
     except ValueError as exc:
         raise UsageError(str(exc), where="--device") from None
     train_set, val_set, labels, counts = build_datasets(config)
-    if len(train_set) == 0:
+    if len(train_set) == 0:  # type: ignore[arg-type]  # map-style data sets have a length
         raise UsageError(
             f"the training split of {str(config.data.root)!r} has no images",
             where="--data",
