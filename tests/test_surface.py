@@ -281,6 +281,12 @@ RESUMABLE: list[tuple[str, str, Callable[[World, Path], list[str]], str]] = [
         ],
         "g.jsonl",
     ),
+    (
+        "egtr",
+        "eval",
+        lambda w, o: _eval_egtr(w, o / "e", "--batch-size", "1"),
+        "e/predictions.jsonl",
+    ),
 ]
 
 
