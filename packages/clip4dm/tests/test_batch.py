@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -184,28 +187,49 @@ def test_fixed_error_rows_are_retried(pairs_file: Path, tiny_hf_dir: Path) -> No
     assert rows["b"]["caption"] == "a dog"
 
 
-def test_images_root_and_duplicate_ids(tmp_path: Path, tiny_hf_dir: Path) -> None:
+def test_images_root_and_duplicate_ids(
+    tmp_path: Path, tiny_hf_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     images = tmp_path / "images"
     _write_image(images / "x.png", 4)
     pairs = tmp_path / "lists" / "pairs.jsonl"
     pairs.parent.mkdir()
-    pairs.write_text(
-        json.dumps({"id": 1, "image": "x.png", "text": "a box"})
-        + "\n"
-        + json.dumps({"id": 1, "image": "x.png", "text": "a second box"})
-        + "\n"
-        + json.dumps({"id": "1", "image": "x.png", "text": "a string id is another id"})
-        + "\n"
-    )
+    lines = [
+        {"id": 1, "image": "x.png", "text": "a box"},
+        {"id": "1", "image": "x.png", "text": "a string id is another id"},
+    ]
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out" / "results.jsonl"
     summary = run_pairs(
         pairs, out, CLIP4DM(f"hf:{tiny_hf_dir}"), images_root=images, progress=False
     )
-    assert (summary.done, summary.errors) == (2, 1)
+    assert (summary.done, summary.errors) == (2, 0)
     rows = _rows(out)
-    errors = [r for r in rows if "error" in r]
-    assert errors == [{"id": 1, "line": 2, "error": "duplicate id 1 (first on line 1)"}]
-    assert sorted(str(r["id"]) for r in rows if "error" not in r) == ["1", "1"]
+    assert [r["id"] for r in rows] == [1, "1"]
+    assert {r["image"] for r in rows} == {str(images / "x.png")}
+
+    # Ids must be unique (a sharded run matches rows by id): a duplicate is refused before any
+    # file is touched, naming the lines; so is a line numbered by its line that meets an id.
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(
+        "".join(
+            json.dumps(line) + "\n" for line in [*lines, {"id": 1, "image": "x.png", "text": "b"}]
+        )
+        + json.dumps({"image": "x.png", "text": "line 4 takes id 4"})
+        + "\n"
+        + json.dumps({"id": 4, "image": "x.png", "text": "another 4"})
+        + "\n"
+    )
+    with pytest.raises(
+        PairsError, match=r"duplicate ids: 1 \(lines 1 and 3\), 4 \(lines 4 and 5\)"
+    ):
+        run_pairs(dup, tmp_path / "dup-out.jsonl", _FlakyDetector(), progress=False)
+    assert main(["detect", "--pairs", str(dup), "--out", str(tmp_path / "dup-out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "a line without an id is numbered by its line" in err
+    assert not (tmp_path / "dup-out.jsonl").exists()
+    assert not manifest_path(tmp_path / "dup-out.jsonl").exists()
 
 
 class _Result:
@@ -488,3 +512,102 @@ def test_no_progress_is_a_deprecated_alias_of_quiet(
     assert main(argv) == 0
     assert seen == [True]
     assert "--no-progress is deprecated" in capsys.readouterr().err
+
+
+# -- at scale: torchrun ---------------------------------------------------------------------------
+
+
+def _sharded_pairs(tmp_path: Path) -> Path:
+    """Seven lines (an invalid one and a missing image among them): four blocks of two."""
+    data = tmp_path / "data"
+    for seed, name in enumerate(("a.png", "b.png", "c.png")):
+        _write_image(data / name, seed, (32, 24))
+    lines = [
+        json.dumps({"image": "a.png", "text": "a red square"}),
+        json.dumps({"image": "b.png", "text": "two blue circles"}),
+        json.dumps({"image": "c.png", "text": "a green triangle"}),
+        '{"image": "a.png", "text": ',
+        json.dumps({"image": "missing.png", "text": "nothing"}),
+        json.dumps({"image": "b.png", "text": "a small yellow star"}),
+        json.dumps({"image": "c.png", "text": "a cat"}),
+    ]
+    pairs = data / "pairs.jsonl"
+    pairs.write_text("".join(line + "\n" for line in lines))
+    return pairs
+
+
+def _torchrun(nproc: int, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node N -m clip4dm ARGV`` on the CPU (gloo)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(nproc), "-m", "clip4dm", *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_shards_and_merges_like_one_process(
+    tmp_path: Path, tiny_hf_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two processes write what one process writes, also when resuming what an interrupted
+    run with another number of processes left (the final file and the part files of its ranks,
+    with a torn line)."""
+    from vl_core.runs import leftover_parts, part_path
+
+    pairs = _sharded_pairs(tmp_path)
+    common = ["--model", f"hf:{tiny_hf_dir}", "--device", "cpu", "--batch-size", "2", "--quiet"]
+
+    def argv(out: Path) -> list[str]:
+        return ["detect", "--pairs", str(pairs), "--out", str(out), *common]
+
+    single = tmp_path / "single.jsonl"
+    assert main(argv(single)) == 1  # two error rows
+    expected = single.read_bytes()
+    lines = expected.decode().splitlines(keepends=True)
+    assert len(lines) == 7
+    assert [json.loads(line)["id"] for line in lines] == [1, 2, 3, 4, 5, 6, 7]
+
+    sharded = tmp_path / "sharded.jsonl"
+    done = _torchrun(2, argv(sharded))
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert sharded.read_bytes() == expected
+    assert leftover_parts(sharded) == []
+    assert "5 done, 0 skipped, 2 errors" in done.stdout
+    assert done.stdout.count("done,") == 1  # rank 0 reports
+
+    # An interrupted 3-process run left a final file and three parts (one with a torn line):
+    # 2 processes finish it, computing only the missing rows.
+    resumed = tmp_path / "resumed.jsonl"
+    resumed.write_text(lines[0])
+    part_path(resumed, 0).write_text(lines[4])  # an error row: retried
+    part_path(resumed, 1).write_text(lines[2] + lines[1])
+    part_path(resumed, 2).write_text(lines[5][:20])  # torn by the interruption
+    done = _torchrun(2, argv(resumed))
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "2 done, 3 skipped, 2 errors" in done.stdout  # 1-3 kept; 4 and 5 errors; 6, 7 new
+    assert resumed.read_bytes() == expected
+    assert leftover_parts(resumed) == []
+
+    # What an interrupted 2-process run left, finished by one process.
+    again = tmp_path / "again.jsonl"
+    part_path(again, 0).write_text(lines[0] + lines[1] + lines[4])
+    part_path(again, 1).write_text(lines[2] + lines[3][:10])
+    capsys.readouterr()
+    assert main(argv(again)) == 1
+    assert "2 done, 3 skipped, 2 errors" in capsys.readouterr().out
+    assert again.read_bytes() == expected
+    assert leftover_parts(again) == []
+
+
+def test_a_resumed_batch_is_scored_whole(tmp_path: Path) -> None:
+    """A batch with some rows missing is scored with all its pairs (as in the uninterrupted run,
+    so the missing rows come out the same) and only the missing rows are written."""
+    pairs = _simple_pairs(tmp_path, ["one", "two", "three", "four", "five"])
+    out = tmp_path / "results.jsonl"
+    run_pairs(pairs, out, _FlakyDetector(), batch_size=2, progress=False)
+    complete = out.read_bytes()
+    lines = complete.decode().splitlines(keepends=True)
+    out.write_text(lines[0] + lines[2] + lines[3])  # rows 2 and 5 lost
+    fake = _FlakyDetector()
+    summary = run_pairs(pairs, out, fake, batch_size=2, progress=False)
+    assert (summary.done, summary.skipped) == (2, 3)
+    assert fake.batches == [["one", "two"], ["five"]]  # the block of 3 and 4 is complete
+    assert out.read_bytes() == complete  # in input order again

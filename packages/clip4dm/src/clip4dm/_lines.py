@@ -32,20 +32,21 @@ def _undecodable(raw: bytes, exc: UnicodeDecodeError) -> str:
 
 
 def read_lines(path: str | os.PathLike[str]) -> Iterator[Line]:
-    """Every non-blank line of ``path``, in order (blank lines keep their number).
+    """Every non-blank line of ``path``, in order (blank lines keep their number), read one at a
+    time (a large file is never in memory as a whole).
 
     Raises ``FileNotFoundError``/``IsADirectoryError``/``OSError`` when the file cannot be read;
     a line that is not UTF-8 comes back with ``text=None`` and an ``error``.
     """
-    data = Path(path).read_bytes()
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.removesuffix(b"\r")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield Line(number, None, _undecodable(raw, exc))
-            continue
-        if text.strip():
-            yield Line(number, text)
+    with Path(path).open("rb") as handle:  # binary lines end at b"\n" only
+        for number, line in enumerate(handle, start=1):
+            raw = line.removesuffix(b"\n").removesuffix(b"\r")
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield Line(number, None, _undecodable(raw, exc))
+                continue
+            if text.strip():
+                yield Line(number, text)

@@ -5,20 +5,21 @@ batch, so the detector encodes it once), turns an image that cannot be loaded in
 that item alone, scores the rest in one call, and scores them one by one if that call fails, so
 one bad input never costs the others.
 
-`run_pairs` applies it to a JSON Lines file of pairs, one ``{"id": ..., "image": "path",
-"text": "caption"}`` per line (``id`` optional: the 1-based line number; a relative ``image`` is
-resolved against ``images_root`` or else the pairs file's directory). Rows (`clip4dm.rows`) are
-appended one complete line at a time and flushed, so an interrupted run loses at most the line
-being written; a rerun repairs that line, keeps the finished rows, retries the error rows and
-computes the rest. ``<out>.run.json`` records the pairs file's fingerprint and the settings: a
-rerun over a changed pairs file or with other settings is refused unless ``overwrite``, which
-starts over.
+`run_pairs` applies it to a pairs file: JSON Lines, one ``{"id": ..., "image": "path", "text":
+"caption"}`` per line, or a CSV/TSV or Parquet table with such columns (`clip4dm._tables`; the
+field or column names can be chosen with `Columns`). ``id`` is optional: the record's line
+number (its row number in Parquet); a relative ``image`` is resolved against ``images_root`` or
+else the pairs file's directory. Rows (`clip4dm.rows`) are appended one complete line at a time
+and flushed, so an interrupted run loses at most the line being written; a rerun repairs that
+line, keeps the finished rows, retries the error rows and computes the rest. ``<out>.run.json``
+records the pairs file's fingerprint and the settings: a rerun over a changed pairs file or with
+other settings is refused unless ``overwrite``, which starts over. Under ``torchrun`` the pairs
+are shared out among the processes (`vl_core.runs.ShardedRun`) and the output is the same.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -28,31 +29,32 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm.auto import tqdm
 
-from clip4dm._lines import read_lines
-from clip4dm.rows import DetectionLike, pair_error_row, result_row
-from vl_core.files import (
-    ResultsFileError,
-    RowWriter,
-    check_manifest,
-    error_text,
-    file_fingerprint,
-    id_key,
-    read_results,
-    refuse_input_as_output,
+from clip4dm._tables import (
+    Columns,
+    MissingColumnError,
+    PairsError,
+    PairsTable,
+    Record,
+    open_table,
 )
+from clip4dm.rows import DetectionLike, pair_error_row, result_row
+from vl_core.files import error_text, file_fingerprint, id_key, refuse_input_as_output
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from vl_core.images import ImageSource
+    from vl_core.runs import Block, ShardedRun
 
 __all__ = [
     "BatchRunner",
     "BatchSummary",
+    "Columns",
     "DetectionLike",
     "DetectorLike",
     "ImageRef",
     "Item",
+    "MissingColumnError",
     "PairsError",
     "manifest_path",
     "run_pairs",
@@ -116,25 +118,43 @@ class BatchRunner:
                 self._detector = factory()
         return self._detector
 
-    def score(self, items: Sequence[Item]) -> list[DetectionLike | str]:
+    def score(
+        self, items: Sequence[Item], *, needed: Sequence[bool] | None = None
+    ) -> list[DetectionLike | str]:
         """One result per item, in order: its detection, or the text of the error that stands
         for it (an image that cannot be loaded, or a pair the detector fails on).
 
-        Raises only what loading the detector raises (and ``KeyboardInterrupt``).
+        ``needed`` (one flag per item) marks the items whose results are wanted; the others are
+        the rest of their batch, scored with them so that the wanted ones come out as in a run
+        that scored the whole batch. When no wanted item has an image that loads, nothing is
+        scored (the detector is not loaded) and the other items come back as ``"not scored"``.
+
+        Raises ``ValueError`` when ``needed`` has another length than ``items``, and otherwise
+        only what loading the detector raises (and ``KeyboardInterrupt``).
         """
-        out: list[DetectionLike | str] = ["" for _ in items]
+        wanted = [True] * len(items) if needed is None else list(needed)
+        if len(wanted) != len(items):
+            raise ValueError(f"needed has {len(wanted)} flags for {len(items)} items")
+        out: list[DetectionLike | str] = ["not scored" for _ in items]
         images: dict[int, Image.Image] = {}
         cache: dict[str, Image.Image] = {}  # items sharing an image file share one loaded image
-        for position, item in enumerate(items):
-            try:
-                images[position] = _load(item.image, cache)
-            except Exception as exc:  # unreadable image, or a dataset that fails to decode it
-                out[position] = error_text(exc)
+        for pass_wanted in (True, False):  # the others only when some wanted item loads
+            if not pass_wanted and not images:
+                return out
+            for position, item in enumerate(items):
+                if wanted[position] is not pass_wanted:
+                    continue
+                try:
+                    images[position] = _load(item.image, cache)
+                except Exception as exc:  # unreadable image, or a dataset that fails to decode it
+                    out[position] = error_text(exc)
         if not images:
             return out
         detector = self.detector()
         for with_references in (False, True):
-            group = [i for i in images if (items[i].references is not None) is with_references]
+            group = [
+                i for i in sorted(images) if (items[i].references is not None) is with_references
+            ]
             if group:
                 self._score_group(detector, items, images, group, out)
         return out
@@ -182,15 +202,11 @@ def _load(source: ImageRef, cache: dict[str, Image.Image]) -> Image.Image:
 # -- pairs files ----------------------------------------------------------------------------------
 
 
-class PairsError(ResultsFileError):
-    """The pairs or output file as a whole cannot be used (not one bad line: those become rows)."""
-
-
 @dataclass
 class BatchSummary:
     """Counts of one run: rows computed now, pairs already in the output, error rows written;
     error rows of earlier runs taken out to retry, and what was repaired in the output (the torn
-    last line of an interrupted run)."""
+    last line of an interrupted run). Under ``torchrun`` the counts are those of all processes."""
 
     done: int = 0
     skipped: int = 0
@@ -204,7 +220,8 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class _Pair:
-    line: int
+    where: str
+    number: int
     id: PairId
     image: str
     path: Path
@@ -213,65 +230,83 @@ class _Pair:
 
 @dataclass(frozen=True)
 class _BadLine:
-    line: int
+    where: str
+    number: int
     id: PairId
     error: str
 
 
-def _parse_line(raw: str, line: int, root: Path) -> _Pair | _BadLine:
-    """One pairs line as a pair to score, or the reason it cannot be one."""
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return _BadLine(line, line, f"invalid JSON: {exc.msg} (column {exc.colno})")
-    if not isinstance(obj, dict):
-        return _BadLine(line, line, f"expected a JSON object, got {type(obj).__name__}")
-    pair_id = obj.get("id", line)
-    if isinstance(pair_id, bool) or not isinstance(pair_id, str | int):
-        return _BadLine(line, line, f"'id' must be a string or an integer, got {pair_id!r}")
-    missing = [key for key in ("image", "text") if key not in obj]
+def _record_id(record: Record, columns: Columns) -> tuple[PairId, str | None]:
+    """The id of ``record`` and ``None``; or, when it has no usable one, its number and why not
+    (``None`` when it simply has no id: it is then numbered)."""
+    name = columns.id_name
+    if record.fields is None or name not in record.fields:
+        return record.number, None
+    value = record.fields[name]
+    if record.table and (value is None or value == ""):
+        return record.number, f"no value in column {name!r}"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return record.number, f"{name!r} must be a string or an integer, got {value!r}"
+    return value, None
+
+
+def _entry(record: Record, columns: Columns, root: Path) -> _Pair | _BadLine:
+    """One record as a pair to score, or the reason it cannot be one."""
+    pair_id, problem = _record_id(record, columns)
+    where, number, fields = record.where, record.number, record.fields
+    if fields is None or problem is not None:
+        return _BadLine(where, number, pair_id, problem or record.error or "unreadable record")
+    missing = [name for name in (columns.image, columns.text) if name not in fields]
     if missing:
-        return _BadLine(line, pair_id, f"missing field(s): {', '.join(missing)}")
-    image, text = obj["image"], obj["text"]
+        return _BadLine(where, number, pair_id, f"missing field(s): {', '.join(missing)}")
+    empty = [name for name in (columns.image, columns.text) if fields[name] is None]
+    if record.table and empty:
+        return _BadLine(where, number, pair_id, f"no value in column(s): {', '.join(empty)}")
+    image, text = fields[columns.image], fields[columns.text]
     if not isinstance(image, str) or not image.strip():
-        return _BadLine(line, pair_id, "'image' must be a non-empty path string")
+        return _BadLine(
+            where, number, pair_id, f"{columns.image!r} must be a non-empty path string"
+        )
     if not isinstance(text, str):
-        return _BadLine(line, pair_id, f"'text' must be a string, got {type(text).__name__}")
+        error = f"{columns.text!r} must be a string, got {type(text).__name__}"
+        return _BadLine(where, number, pair_id, error)
     if not text.strip():
-        return _BadLine(line, pair_id, "'text' is empty or whitespace-only")
+        return _BadLine(where, number, pair_id, f"{columns.text!r} is empty or whitespace-only")
     path = Path(image).expanduser()
     if not path.is_absolute():
         path = root / path
-    return _Pair(line, pair_id, image, path, text)
+    return _Pair(where, number, pair_id, image, path, text)
 
 
-def _read_pairs(pairs_path: Path, root: Path) -> list[_Pair | _BadLine]:
-    """Every non-blank line of the pairs file, parsed; duplicate ids and lines that are not UTF-8
-    become bad lines. Raises `PairsError` when the file cannot be read."""
-    entries: list[_Pair | _BadLine] = []
-    first_line: dict[str, int] = {}
-    try:
-        for line in read_lines(pairs_path):
-            if line.text is None:
-                entries.append(_BadLine(line.number, line.number, line.error or "unreadable line"))
-                continue
-            entry = _parse_line(line.text, line.number, root)
-            if isinstance(entry, _Pair):
-                key = id_key(entry.id)
-                if key in first_line:
-                    entry = _BadLine(
-                        line.number,
-                        entry.id,
-                        f"duplicate id {entry.id!r} (first on line {first_line[key]})",
-                    )
-                else:
-                    first_line[key] = line.number
-            entries.append(entry)
-    except FileNotFoundError as exc:
-        raise PairsError(f"pairs file {str(pairs_path)!r} not found") from exc
-    except OSError as exc:
-        raise PairsError(f"cannot read pairs file {str(pairs_path)!r}: {exc.strerror}") from exc
-    return entries
+def _read_ids(table: PairsTable) -> list[PairId]:
+    """The id of every record, in file order (a first pass over the file, which reads a Parquet
+    file's id column alone). Raises `PairsError` when an id appears twice."""
+    ids: list[PairId] = []
+    first: dict[str, tuple[int, bool]] = {}
+    duplicates: list[str] = []
+    numbered = False  # whether a duplicate is a record numbered for want of an id
+    for record in table.records(ids_only=True):
+        pair_id, problem = _record_id(record, table.columns)
+        fields = record.fields
+        by_number = problem is not None or fields is None or table.columns.id_name not in fields
+        key = id_key(pair_id)
+        if key in first:
+            number, was_numbered = first[key]
+            duplicates.append(f"{pair_id!r} ({table.where}s {number} and {record.number})")
+            numbered = numbered or was_numbered or by_number
+        else:
+            first[key] = (record.number, by_number)
+        ids.append(pair_id)
+    if duplicates:
+        more = f" and {len(duplicates) - 3} more" if len(duplicates) > 3 else ""
+        hint = (
+            f"; a {table.where} without an id is numbered by its {table.where}" if numbered else ""
+        )
+        raise PairsError(
+            f"{table.path.name} has duplicate ids: {', '.join(duplicates[:3])}{more}: every id "
+            f"must be unique{hint}"
+        )
+    return ids
 
 
 def manifest_path(out_path: str | os.PathLike[str]) -> Path:
@@ -290,79 +325,144 @@ def run_pairs(
     progress: bool = True,
     settings: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    columns: Columns | None = None,
 ) -> BatchSummary:
-    """Score every pair of ``pairs_path`` not yet in ``out_path``, appending rows to it.
+    """Score every pair of ``pairs_path`` not yet in ``out_path``, writing one row per pair.
 
-    ``detector`` may be a zero-argument factory (see `BatchRunner`). ``settings`` (JSON values:
-    model, mode, epsilon, ...) are recorded with the pairs file's fingerprint in
-    `manifest_path`; resuming with a changed pairs file or other settings is refused. With
-    ``overwrite`` the output is started over (also when it is not a results file).
+    ``pairs_path`` is JSON Lines, CSV/TSV or Parquet (from its extension, see
+    `clip4dm._tables`); ``columns`` names its image, text and id fields or columns (default
+    ``image``, ``text`` and ``id`` when present, else the line or row number). ``detector`` may
+    be a zero-argument factory (see `BatchRunner`). ``settings`` (JSON values: model, mode,
+    epsilon, ...) are recorded with the pairs file's fingerprint in `manifest_path`; resuming
+    with a changed pairs file or other settings is refused. With ``overwrite`` the output is
+    started over (also when it is not a results file).
+
+    Under ``torchrun`` every process calls it: the pairs are shared out by batches of
+    ``batch_size`` (`vl_core.runs.ShardedRun`), each process writes its own part file, and rank
+    0 merges them into ``out_path`` in input order, so the output equals that of one process,
+    also when a run is resumed with another number of processes. The rows are always in input
+    order.
 
     Returns the run's `BatchSummary`. Raises ``ValueError`` for a ``batch_size`` below 1,
-    `PairsError` when the pairs file cannot be read, `vl_core.files.OutputExistsError` when the
-    output is an input or a file this command did not write, and `vl_core.files.ResultsFileError`
-    when the output was made from other inputs or settings.
+    `PairsError` when the pairs file cannot be read or has duplicate ids (`MissingColumnError`
+    when it lacks a named column), `vl_core.cli.MissingExtraError` for Parquet without pyarrow,
+    `vl_core.files.OutputExistsError` when the output is an input or a file this command did not
+    write, `vl_core.files.ResultsFileError` when the output was made from other inputs or
+    settings, and `vl_core.distributed.DistributedError` when another process failed.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pairs_file, out_file = Path(pairs_path), Path(out_path)
     manifest = manifest_path(out_file)
     refuse_input_as_output([out_file, manifest], [pairs_file])
+    table = open_table(pairs_file, columns)
     root = Path(images_root).expanduser() if images_root is not None else pairs_file.parent
-    entries = _read_pairs(pairs_file, root)
-    record = {
-        "command": "clip4dm detect --pairs",
-        "pairs": file_fingerprint(pairs_file),
-        "images_root": None if images_root is None else str(root.resolve()),
-        **(settings or {}),
-    }
-    if not overwrite:
-        read_results(out_file, repair=False, retry_errors=False)  # a foreign file is refused
-    # Without rows yet, a manifest left by a run that failed early describes nothing.
-    check_manifest(manifest, record, overwrite=overwrite or not out_file.exists())
-    if overwrite:
-        out_file.unlink(missing_ok=True)
-    existing = read_results(out_file)
-    summary = BatchSummary(retried=existing.retried, dropped=list(existing.repaired))
-    todo: list[_Pair | _BadLine] = []
-    for entry in entries:
-        if isinstance(entry, _Pair) and id_key(entry.id) in existing.done:
-            summary.skipped += 1
-        else:
-            todo.append(entry)
-    if not todo:
-        return summary
 
-    with (
-        RowWriter(out_file) as writer,
-        tqdm(total=len(todo), desc="clip4dm", unit="pair", disable=not progress) as bar,
-    ):
+    from vl_core.distributed import process_group
+    from vl_core.runs import ShardedRun
 
-        @contextlib.contextmanager
-        def aside() -> Iterator[None]:  # the model loads without counting in the pair rate
-            bar.clear()
-            yield
-            bar.unpause()
+    with process_group("gloo") as dist:
+        ids = _read_ids(table)
+        record: dict[str, Any] = {}
+        if dist.is_main:  # only rank 0 checks the manifest
+            record = {
+                "command": "clip4dm detect --pairs",
+                "pairs": file_fingerprint(pairs_file),
+                "images_root": None if images_root is None else str(root.resolve()),
+            }
+            if table.columns.record() is not None:
+                record["columns"] = table.columns.record()
+            record.update(settings or {})
+        run = ShardedRun(
+            out_file,
+            ids,
+            dist,
+            block_size=batch_size,
+            manifest=manifest,
+            record=record,
+            overwrite=overwrite,
+        )
+        resumed = run.start()
+        summary = BatchSummary(
+            skipped=resumed.done,
+            retried=resumed.retried,
+            dropped=[note.removeprefix(f"{out_file.name} ") for note in resumed.repaired],
+        )
+        todo = len(run.todo)
+        with (
+            run.writing() as writer,
+            tqdm(
+                total=todo,
+                desc="clip4dm",
+                unit="pair",
+                disable=not (progress and dist.is_main and todo),
+            ) as bar,
+        ):
 
-        runner = BatchRunner(detector, pause=aside)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            pairs = [entry for entry in batch if isinstance(entry, _Pair)]
-            found = dict(
-                zip(
-                    (pair.line for pair in pairs),
-                    runner.score([Item(pair.path, pair.text) for pair in pairs]),
-                    strict=True,
-                )
-            )
-            for entry in batch:
-                outcome = entry.error if isinstance(entry, _BadLine) else found[entry.line]
-                if isinstance(outcome, str):
-                    writer.write(pair_error_row(entry.id, entry.line, outcome))
-                    summary.errors += 1
-                else:
-                    assert isinstance(entry, _Pair)
-                    writer.write(result_row(entry.id, str(entry.path), outcome))
-                    summary.done += 1
-            bar.update(len(batch))
+            @contextlib.contextmanager
+            def aside() -> Iterator[None]:  # the model loads without counting in the pair rate
+                bar.clear()
+                yield
+                bar.unpause()
+
+            runner = BatchRunner(detector, pause=aside)
+            for block, entries in _blocks(table, root, run):
+                for row in _score_block(runner, block, entries):
+                    writer.write(row)
+                bar.update(len(block.todo))
+        finished = run.finish()
+    summary.errors = finished.errors
+    summary.done = finished.written - finished.errors
     return summary
+
+
+def _blocks(
+    table: PairsTable, root: Path, run: ShardedRun
+) -> Iterator[tuple[Block, list[_Pair | _BadLine]]]:
+    """This rank's blocks with their entries, read from the file in one pass (a second one: the
+    ids were read first). Raises `PairsError` when the file changed since its ids were read."""
+    records = enumerate(table.records())
+    for block in run.blocks:
+        entries: list[_Pair | _BadLine] = []
+        for position, record in records:
+            if position < block.positions.start:
+                continue
+            entry = _entry(record, table.columns, root)
+            if id_key(entry.id) != id_key(run.ids[position]):
+                break
+            entries.append(entry)
+            if position + 1 == block.positions.stop:
+                break
+        if len(entries) != len(block.positions):
+            raise PairsError(f"{table.path.name} changed during the run: rerun the command")
+        yield block, entries
+
+
+def _score_block(
+    runner: BatchRunner, block: Block, entries: Sequence[_Pair | _BadLine]
+) -> list[dict[str, Any]]:
+    """The rows of the block's positions still to write. The block's pairs are scored together
+    (those already written too, when a pair still to write has an image), so a resumed run
+    writes the rows a run that was never interrupted writes."""
+    todo = set(block.todo)
+    pairs = [
+        (position, entry)
+        for position, entry in zip(block.positions, entries, strict=True)
+        if isinstance(entry, _Pair)
+    ]
+    outcomes = runner.score(
+        [Item(entry.path, entry.text) for _, entry in pairs],
+        needed=[position in todo for position, _ in pairs],
+    )
+    found = {position: outcome for (position, _), outcome in zip(pairs, outcomes, strict=True)}
+    rows: list[dict[str, Any]] = []
+    for position, entry in zip(block.positions, entries, strict=True):
+        if position not in todo:
+            continue
+        outcome = entry.error if isinstance(entry, _BadLine) else found[position]
+        if isinstance(outcome, str):
+            rows.append(pair_error_row(entry.id, entry.number, outcome, where=entry.where))
+        else:
+            assert isinstance(entry, _Pair)
+            rows.append(result_row(entry.id, str(entry.path), outcome))
+    return rows

@@ -253,8 +253,12 @@ def format_table(detection: Detection) -> str:
 def _cmd_detect(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         return _detect_pairs(args)
-    if args.out is not None or args.images_root is not None or args.overwrite:
-        raise UsageError("--out, --images-root and --overwrite go with --pairs (batch mode)")
+    columns = (args.image_column, args.text_column, args.id_column)
+    if args.out is not None or args.images_root is not None or args.overwrite or any(columns):
+        raise UsageError(
+            "--out, --images-root, --overwrite and the --*-column options go with --pairs "
+            "(batch mode)"
+        )
     if args.image is None or args.text is None:
         raise UsageError("give IMAGE and TEXT, or --pairs PAIRS.jsonl --out RESULTS.jsonl")
     text = _check_text(args.text)
@@ -279,8 +283,15 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _column_name(text: str) -> str:
+    """An argparse type: a field or column name (not empty)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a column name cannot be empty")
+    return text
+
+
 def _detect_pairs(args: argparse.Namespace) -> int:
-    from clip4dm.batch import run_pairs
+    from clip4dm.batch import Columns, MissingColumnError, run_pairs
 
     if args.image is not None or args.text is not None:
         raise UsageError("give either IMAGE TEXT or --pairs, not both")
@@ -288,16 +299,34 @@ def _detect_pairs(args: argparse.Namespace) -> int:
         raise UsageError("--pairs needs --out RESULTS.jsonl")
     if args.json:
         raise UsageError("--json is for a single pair; --pairs always writes JSON Lines")
-    summary = run_pairs(
-        args.pairs,
-        args.out,
-        lambda: _build_detector(args),
-        batch_size=args.batch_size,
-        images_root=args.images_root,
-        progress=not args.quiet,
-        settings=_settings(args),
-        overwrite=args.overwrite,
+
+    def detector() -> CLIP4DM:  # under torchrun, each process on its own GPU
+        from vl_core.distributed import device_for_rank, from_environment
+
+        device = device_for_rank(args.device, from_environment())
+        return _build_detector(argparse.Namespace(**{**vars(args), "device": device}))
+
+    columns = Columns(
+        image=args.image_column or "image", text=args.text_column or "text", id=args.id_column
     )
+    try:
+        summary = run_pairs(
+            args.pairs,
+            args.out,
+            detector,
+            batch_size=args.batch_size,
+            images_root=args.images_root,
+            progress=not args.quiet,
+            settings=_settings(args),
+            overwrite=args.overwrite,
+            columns=columns,
+        )
+    except MissingColumnError as exc:
+        raise UsageError(exc.what, f"--{exc.role}-column", exc.fix) from exc
+    from vl_core.distributed import from_environment
+
+    if not from_environment().is_main:  # under torchrun, rank 0 reports
+        return exit_status(summary.errors)
     prog = f"{PROG} detect"
     for note in summary.dropped:
         print(f"{prog}: repaired {args.out} ({note}); its pair is computed again", file=sys.stderr)
@@ -466,10 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
         "detect",
         help="score each word of a caption against an image (one pair, or a pairs file)",
         description="Score each word of TEXT against IMAGE and mark the misaligned words; or, "
-        "with --pairs, score a JSON Lines file of pairs into --out (resumable). Exit status: 0 "
-        "done, 1 some pairs are error rows, 2 usage error, 130 interrupted.",
+        "with --pairs, score a file of pairs (JSON Lines, CSV, TSV or Parquet) into --out "
+        "(resumable; under torchrun the pairs are shared out among the processes). Exit status: "
+        "0 done, 1 some pairs are error rows, 2 usage error, 130 interrupted.",
         usage="clip4dm detect IMAGE TEXT [options] [--json]\n"
-        "       clip4dm detect --pairs PAIRS.jsonl --out RESULTS.jsonl [options]",
+        "       clip4dm detect --pairs PAIRS.jsonl|.csv|.tsv|.parquet --out RESULTS.jsonl "
+        "[options]",
     )
     detect.add_argument("image", nargs="?", metavar="IMAGE", help="image file")
     detect.add_argument("text", nargs="?", metavar="TEXT", help="caption or prompt")
@@ -477,9 +508,29 @@ def build_parser() -> argparse.ArgumentParser:
     batch = detect.add_argument_group("batch mode")
     batch.add_argument(
         "--pairs",
-        metavar="PAIRS.jsonl",
-        help='JSON Lines, one {"id": ..., "image": path, "text": caption} per line (id optional: '
-        "the line number)",
+        metavar="PAIRS",
+        help='JSON Lines, one {"id": ..., "image": path, "text": caption} per line; or a .csv, '
+        ".tsv or .parquet table with those columns (Parquet needs clip4dm[parquet]). id is "
+        "optional: the line number (the row number in Parquet)",
+    )
+    batch.add_argument(
+        "--image-column",
+        type=_column_name,
+        metavar="NAME",
+        help="field or column of the image paths (default: image)",
+    )
+    batch.add_argument(
+        "--text-column",
+        type=_column_name,
+        metavar="NAME",
+        help="field or column of the captions (default: text)",
+    )
+    batch.add_argument(
+        "--id-column",
+        type=_column_name,
+        metavar="NAME",
+        help="field or column of the ids (default: id when there is one, else the line or row "
+        "number)",
     )
     batch.add_argument(
         "--out",

@@ -6,8 +6,9 @@
   benchmark says about the sample: ``ground_truth``, ``prediction``, ``correct`` and, where the
   benchmark has them, ``correct_exact``, ``group``, ``pair``, ``human_score``, ``tp``/``fp``/``fn``,
   ``nli_score``, ``meta``;
-- an error row is ``{"id", <where>, "error"}``, where ``line`` (a pairs file's line number) or
-  ``record`` (a benchmark file and record) names the input item; an ``eval`` error row also keeps
+- an error row is ``{"id", <where>, "error"}``, where ``line`` (the line number in a JSON Lines
+  or CSV pairs file), ``row`` (the row number in a Parquet pairs file) or ``record`` (a benchmark
+  file and record) names the input item; an ``eval`` error row also keeps
   the sample's ``image`` and ``caption`` when they are known.
 
 Each value has one name. Rows written by earlier versions are read with their old names renamed
@@ -57,9 +58,12 @@ def result_row(row_id: str | int, image: str, detection: DetectionLike) -> dict[
     return {"id": row_id, "image": image, **detection.to_dict()}
 
 
-def pair_error_row(row_id: str | int, line: int, error: str) -> dict[str, Any]:
-    """The row of a pairs-file line that could not be scored: ``{"id", "line", "error"}``."""
-    return {"id": row_id, "line": line, ERROR: error}
+def pair_error_row(
+    row_id: str | int, line: int, error: str, *, where: str = "line"
+) -> dict[str, Any]:
+    """The row of a pairs-file record that could not be scored: ``{"id", "line", "error"}``, or
+    ``{"id", "row", "error"}`` with ``where="row"`` (a Parquet file's 1-based row number)."""
+    return {"id": row_id, where: line, ERROR: error}
 
 
 def sample_row(
