@@ -150,5 +150,12 @@ def test_mistakes_are_refused(sgg: SceneGraphPipeline) -> None:
         sgg(image, object_threshold=2.0)
     with pytest.raises(ImageLoadError, match=r"missing\.png"):
         sgg("missing.png")
-    with pytest.raises(ValueError, match="needs an EGTR model"):
+    import transformers
+    from packaging.version import Version
+
+    # transformers < 5.18 reads `model.config` itself before the pipeline can refuse the model
+    old = Version(transformers.__version__) < Version("5.18")
+    with pytest.raises(
+        AttributeError if old else ValueError, match="config" if old else "needs an EGTR model"
+    ):
         pipeline(TASK, model=torch.nn.Linear(2, 2), device="cpu")
