@@ -71,7 +71,7 @@ def run_clip4dm(out: Path) -> None:
         _rel(results),
         "--mode",
         "most_negative",
-        "--no-progress",
+        "--quiet",
         *model,
     )
     _cli("clip4dm", "visualize", "--from", _rel(results), "--out", _rel(out / "pairs.html"))

@@ -280,7 +280,7 @@ def evaluate(model: Path, test_set: Path, out: Path) -> dict[str, Any]:
         str(model),
         "--data",
         str(test_set / "vg"),
-        "--image-dir",
+        "--images-root",
         str(test_set / "images"),
         "--split",
         "test",
