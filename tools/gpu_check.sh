@@ -47,10 +47,32 @@ for shape in vit-b-32 vit-l-14; do
     || status=1
 done
 
+echo "::: clip4dm latency (batch 1, with torch.compile)"
+timeout 300 "$PY" tools/bench/clip4dm_latency.py --shape vit-b-32 --device cuda --dtype float16 \
+  --pairs 8 --repeats 10 --compile --out "$OUT/bench.jsonl" || status=1
+
 if [[ -f tools/bench/egtr_inference.py ]]; then
   echo "::: egtr inference"
   timeout 180 "$PY" tools/bench/egtr_inference.py --device cuda --out "$OUT/egtr_inference.json" \
     2>&1 | tee -a "$OUT/bench.jsonl" || status=1
+fi
+
+if [[ -f tools/bench/egtr_vs_detr.py ]]; then
+  echo "::: egtr vs transformers' DeformableDetrModel"
+  for dtype in float32 bfloat16; do
+    timeout 180 "$PY" tools/bench/egtr_vs_detr.py --device cuda --dtype "$dtype" --repeats 20 \
+      --out "$OUT/egtr_vs_detr_${dtype}.json" 2>&1 | tee -a "$OUT/bench.jsonl" || status=1
+  done
+fi
+
+if [[ -f tools/bench/egtr_predict_throughput.py ]]; then
+  echo "::: egtr predict throughput (workers vs the bare forward)"
+  # the shipped small model (decoding-bound) and the VG-size random model (realistic)
+  timeout 240 "$PY" tools/bench/egtr_predict_throughput.py --device cuda --dtype bfloat16 \
+    --images 512 --batch-size 16 --workers 0 4 8 --out "$OUT/bench.jsonl" || status=1
+  timeout 300 "$PY" tools/bench/egtr_predict_throughput.py --model vg-random --device cuda \
+    --dtype bfloat16 --images 128 --batch-size 8 --workers 0 4 --out "$OUT/bench.jsonl" \
+    || status=1
 fi
 echo "::: gpu_check finished with status ${status}; results in ${OUT}"
 exit "$status"

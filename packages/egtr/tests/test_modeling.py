@@ -268,3 +268,37 @@ def test_builders_load_strictly_and_check_the_label_space(
     tiny_model.save_pretrained(tmp_path)
     with pytest.raises(ModelDirectoryError, match="3 objects / 4 predicates, expected 150 / 50"):
         egtr_visual_genome(weights=tmp_path)
+
+
+def _has_cpp_compiler() -> bool:
+    import shutil
+
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.slow  # compiling takes 20-50 s on 2 CPU cores
+@pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_compile_for_inference_gives_the_same_outputs(
+    tiny_model: EGTRForSceneGraphGeneration,
+) -> None:
+    compiled = copy.deepcopy(tiny_model)
+    compiled.compile_for_inference()
+    assert compiled.relation_head._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(tiny_model.state_dict())
+    pixels, mask = _inputs()
+    with torch.inference_mode():
+        expected = tiny_model(pixels, mask)
+        out = compiled(pixels, mask)
+    for name in ("logits", "pred_boxes", "rel_logits", "connectivity_logits", "pred_rel"):
+        torch.testing.assert_close(
+            getattr(out, name), getattr(expected, name), rtol=1e-5, atol=1e-5, msg=name
+        )
+
+
+def test_fast_inference_is_on_by_default_and_can_be_switched_off() -> None:
+    model = EGTRForSceneGraphGeneration(tiny_config())
+    assert model.fast_inference
+    model.set_fast_inference(False)
+    assert not model.fast_inference
+    model.set_fast_inference(True)
+    assert model.fast_inference
