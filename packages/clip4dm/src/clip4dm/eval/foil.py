@@ -56,7 +56,10 @@ def _list_field(data: Mapping[str, Any], key: str, path: Path) -> list[Any]:
 
 
 def coco_references(path: Path) -> dict[str, list[tuple[str, str]]]:
-    """COCO captions by image id: ``{image_id: [(caption id, caption), ...]}``."""
+    """COCO captions by image id: ``{image_id: [(caption id, caption), ...]}``.
+
+    Raises `DataError` when the file is not a COCO captions object.
+    """
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path.name}: expected a COCO captions object with 'annotations'")
@@ -68,7 +71,11 @@ def coco_references(path: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 def load_foil(source: DataSource) -> list[Record]:
-    """One sample per annotation (ids are the annotation's position in the file)."""
+    """One sample per annotation (ids are the annotation's position in the file).
+
+    Raises `DataError` when the file is not a FOIL object with ``images`` and ``annotations``;
+    a malformed annotation becomes an error record instead.
+    """
     path = Path(source.data)
     data = read_json(path)
     if not isinstance(data, dict):

@@ -52,10 +52,12 @@ class Phrase:
 
     @property
     def text(self) -> str:
+        """The phrase's words joined by spaces."""
         return " ".join(w.word for w in self.words)
 
     @property
     def score(self) -> float:
+        """The mean score of the phrase's words."""
         return sum(w.score for w in self.words) / len(self.words)
 
 
@@ -133,7 +135,10 @@ def _hallucinated_positions(grounding: list[list[Any]], caption: str) -> tuple[i
 
 
 def load_hat(source: DataSource) -> list[Record]:
-    """One sample per entry (ids are the entries' ``sample_id``)."""
+    """One sample per entry (ids are the entries' ``sample_id``).
+
+    Raises `DataError` when the file is not a JSON list; a malformed entry becomes an error record.
+    """
     path = Path(source.data)
     data = read_json(path)
     if not isinstance(data, list):

@@ -107,7 +107,10 @@ def _finite(value: float) -> float | None:
 
 def average_precision(labels: Sequence[bool], scores: Sequence[float]) -> float | None:
     """Average precision as scikit-learn defines it: ``Σ_n (R_n − R_{n−1}) P_n`` over the distinct
-    score thresholds, high scores first (tied scores enter together). ``None`` without positives."""
+    score thresholds, high scores first (tied scores enter together). ``None`` without positives.
+
+    Raises ``ValueError`` when labels and scores are not 1-d of one length.
+    """
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape or y.ndim != 1:
@@ -200,7 +203,10 @@ def rankdata(values: Sequence[float]) -> npt.NDArray[np.float64]:
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Pearson correlation; ``None`` for fewer than 2 points or a constant input."""
+    """Pearson correlation; ``None`` for fewer than 2 points or a constant input.
+
+    Raises ``ValueError`` when ``x`` and ``y`` are not 1-d of one length.
+    """
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(y, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
@@ -216,7 +222,10 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman rank correlation (Pearson of average ranks)."""
+    """Spearman rank correlation (Pearson of average ranks); ``None`` as for `pearson`.
+
+    Raises ``ValueError`` when ``x`` and ``y`` differ in length.
+    """
     if len(x) != len(y):
         raise ValueError(f"x and y must have one length, got {len(x)}, {len(y)}")
     return pearson(list(rankdata(x)), list(rankdata(y)))
