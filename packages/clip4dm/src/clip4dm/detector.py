@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clip4dm._download import announce_download
-from clip4dm.alignment import align_words, split_words
+from clip4dm.alignment import Word, WordTokens, align_words, split_words
 from clip4dm.defaults import (
     DEFAULT_EPSILON,
     DEFAULT_LAYERS,
@@ -29,7 +29,7 @@ from vl_core.capture import Capture
 from vl_core.clip import ClipBackbone
 from vl_core.devices import DeviceLike, DTypeLike
 from vl_core.factory import load_clip
-from vl_core.gradients import batched_grad, partial_autograd
+from vl_core.gradients import PartialAutograd, batched_grad
 from vl_core.images import ImageSource, load_image
 from vl_core.tokens import TokenBatch
 
@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("clip4dm")
+
+#: Trimmed text widths are multiples of this (see `CLIP4DM._text_width`).
+TEXT_WIDTH_STEP = 16
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class CLIP4DM:
     A model that must be downloaded from the Hugging Face Hub is announced first, in one line on
     stderr (`clip4dm._download.announce_download`).
 
+    ``compile=True`` runs the image encoder through ``torch.compile`` (the first call of each new
+    batch shape compiles, which takes tens of seconds; later calls reuse it). It gives the same
+    scores to float rounding (1e-5 relative). It pays on a GPU, where one pair at a time is bound
+    by kernel launches; on a CPU it did not pay in our measurements (BENCHMARKS.md).
+
     Raises ``ValueError`` for an unknown mode, a ``layers`` outside the model's text layers, an
     unknown model name, a model that is not a CLIP (`vl_core.hub.WrongModelError`) or whose
     weights do not match it (`vl_core.checkpoints.CheckpointError`), and ``OSError`` for a
@@ -85,6 +93,7 @@ class CLIP4DM:
         template: str = DEFAULT_TEMPLATE,
         device: DeviceLike = "auto",
         dtype: DTypeLike | str = "auto",
+        compile: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -105,6 +114,16 @@ class CLIP4DM:
         self._attention_names = [
             self.backbone.text_attention_name(i) for i in range(total - layers, total)
         ]
+        # Built once per detector: the module lookup and the parameter walk are the costly parts
+        # of setting up capture; each call only adds and removes its hooks (microseconds). The
+        # hooks are not left on between calls, so a backbone shared with other code is unchanged.
+        network = self.backbone.model
+        self._capture = Capture(network, attentions=self._attention_names)
+        self._partial = PartialAutograd(network, self.backbone.text_layers[total - layers])
+        self.compiled = bool(compile)
+        self._image_encoder: Callable[[Tensor], Tensor] = self.backbone.encode_image
+        if compile:
+            self._image_encoder = torch.compile(self.backbone.encode_image)
 
     @property
     def model_name(self) -> str:
@@ -180,7 +199,9 @@ class CLIP4DM:
                 distinct.append(load_image(image))
             order.append(keys[key])
         with torch.no_grad():
-            embeddings = self.backbone.encode_image(self.backbone.preprocess(distinct))
+            embeddings = self._image_encoder(self.backbone.preprocess(distinct))
+        if len(distinct) == len(order):  # all distinct, in order: no index (no host copy)
+            return embeddings
         return embeddings[torch.tensor(order, device=embeddings.device)]
 
     def token_relevance(self, images: Sequence[ImageSource], texts: Sequence[str]) -> Relevance:
@@ -188,34 +209,50 @@ class CLIP4DM:
 
         Returns the batch's `Relevance`; raises ``ValueError`` for an unreadable image.
         """
+        return self._start_relevance(images, texts).result()
+
+    def _start_relevance(self, images: Sequence[ImageSource], texts: Sequence[str]) -> _Pending:
+        """Queue the forward and backward passes of a batch; nothing waits for the device.
+
+        The text tower runs only over the columns up to the batch's last end-of-text token when
+        the backbone allows it (`ClipBackbone.trims_text_padding`: a causal text tower pooled
+        at the end-of-text token, where later positions cannot change the result).
+        """
         backbone = self.backbone
-        full = [self.template + t for t in texts]
-        tokens = backbone.tokenize(full)
+        tokens = backbone.tokenizer([self.template + t for t in texts])  # on the CPU
+        width = self._text_width(tokens)
+        ids = tokens.ids[:, :width].to(backbone.device)
+        eot = tokens.eot.to(backbone.device)
         image_emb = self._encode_images(images)
-        first = backbone.text_layers[backbone.num_text_layers - self.layers]
-        with (
-            Capture(backbone.model, attentions=self._attention_names) as capture,
-            partial_autograd(backbone.model, first),
-        ):
-            text_emb = backbone.encode_text(tokens.ids)
-            cosine = backbone.cosine(image_emb, text_emb)
-            attentions = [capture.attentions[name] for name in self._attention_names]
-            grads = batched_grad(cosine, attentions)
-        batch = torch.arange(len(texts), device=tokens.ids.device)
-        eot = tokens.eot
+        capture = self._capture
+        try:
+            with capture, self._partial:
+                text_emb = backbone.encode_text(ids)
+                cosine = backbone.cosine(image_emb, text_emb)
+                attentions = [capture.attentions[name] for name in self._attention_names]
+                grads = batched_grad(cosine, attentions)
+        finally:
+            capture.clear()  # drop the graph's tensors between calls
+        batch = torch.arange(len(texts), device=ids.device)
         dtype = torch.promote_types(attentions[0].dtype, torch.float32)
-        relevance = torch.zeros(len(texts), tokens.ids.shape[1], dtype=dtype)
+        relevance = torch.zeros(len(texts), width, dtype=dtype, device=ids.device)
         for grad, attn in zip(grads, attentions, strict=True):
             # only the end-of-text row of R is needed: [batch, heads, T]
             row = grad[batch, :, eot].to(dtype) * attn[batch, :, eot].detach().to(dtype)
-            relevance += row.mean(dim=1).cpu()
+            relevance += row.mean(dim=1)
         relevance /= self.layers
-        return Relevance(
-            tokens=tokens.to("cpu"),
-            relevance=[relevance[b, 1 : int(eot[b])] for b in range(len(texts))],
-            cosine=cosine.detach().cpu(),
-            text_embeddings=text_emb.detach(),
-        )
+        return _Pending(tokens, relevance, cosine.detach(), text_emb.detach())
+
+    def _text_width(self, tokens: TokenBatch) -> int:
+        """How many token columns the text tower sees for this batch: the full context, or,
+        when the backbone allows it, the columns up to the last end-of-text token rounded up to
+        a multiple of `TEXT_WIDTH_STEP` (a few shapes only, and vectorised reductions over the
+        keys see the same blocks as at full width)."""
+        full = int(tokens.ids.shape[1])
+        if not self.backbone.trims_text_padding:
+            return full
+        needed = int(tokens.eot.max()) + 1
+        return min(full, -(-needed // TEXT_WIDTH_STEP) * TEXT_WIDTH_STEP)
 
     def _detect_chunk(
         self,
@@ -223,46 +260,51 @@ class CLIP4DM:
         texts: Sequence[str],
         references: Sequence[Sequence[str]] | None,
     ) -> list[Detection]:
-        rel = self.token_relevance(images, texts)
-        tokens = rel.tokens
+        pending = self._start_relevance(images, texts)
         ref_cos = (
-            self._reference_cosines(rel.text_embeddings, references)
+            self._reference_cosines(pending.text_embeddings, references)
             if references is not None
             else None
         )
-        out: list[Detection] = []
+        tokens = pending.tokens
+        # word alignment needs only the tokens: done while the device computes
+        layouts = []
         for b, text in enumerate(texts):
             eot = int(tokens.eot[b])
-            content = [int(t) for t in tokens.ids[b, 1:eot]]
-            out.append(
-                self._words_to_detection(
-                    text,
-                    rel.relevance[b],
-                    content,
-                    float(rel.cosine[b]),
-                    tokens.truncated[b],
-                    ref_cos[b] if ref_cos else None,
-                )
+            layouts.append(self._word_layout(text, tokens.ids[b, 1:eot].tolist()))
+        rel = pending.result()
+        return [
+            self._words_to_detection(
+                text,
+                rel.relevance[b],
+                layouts[b],
+                float(rel.cosine[b]),
+                tokens.truncated[b],
+                ref_cos[b] if ref_cos else None,
             )
-        return out
+            for b, text in enumerate(texts)
+        ]
+
+    def _word_layout(self, caption: str, content: list[int]) -> list[tuple[Word, WordTokens]]:
+        """The words of ``template + caption`` with the content tokens covering each."""
+        words = split_words(self.template + caption)
+        groups = align_words(self.backbone.tokenizer, words, content)
+        return list(zip(words, groups, strict=True))
 
     def _words_to_detection(
         self,
         caption: str,
         relevance: Tensor,
-        content: list[int],
+        layout: list[tuple[Word, WordTokens]],
         cosine: float,
         truncated: bool,
         reference_cosines: list[float] | None,
     ) -> Detection:
-        full = self.template + caption
         skip = len(self.template)
-        words = split_words(full)
-        groups = align_words(self.backbone.tokenizer, words, content)
         scored: list[WordScore] = []
         unscored: list[str] = []
         index = 0
-        for word, group in zip(words, groups, strict=True):
+        for word, group in layout:
             if word.start < skip:
                 continue  # template words are scored with the text but not reported
             if group.complete and group.tokens:
@@ -295,8 +337,10 @@ class CLIP4DM:
         flat = [self.template + r for refs in references for r in refs]
         if not flat:
             return [[] for _ in references]
+        tokens = self.backbone.tokenizer(flat)
         with torch.no_grad():
-            ref_emb = self.backbone.encode_text(self.backbone.tokenize(flat).ids)
+            ids = tokens.ids[:, : self._text_width(tokens)]
+            ref_emb = self.backbone.encode_text(ids.to(self.backbone.device))
         out: list[list[float]] = []
         pos = 0
         for b, refs in enumerate(references):
@@ -305,3 +349,24 @@ class CLIP4DM:
             sims = ClipBackbone.cosine(text_emb[b].expand_as(chunk), chunk) if len(refs) else None
             out.append([] if sims is None else [float(x) for x in sims])
         return out
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A batch's relevance as queued on the device; `result` waits for it."""
+
+    tokens: TokenBatch  # on the CPU
+    relevance: Tensor  # [batch, width] on the device
+    cosine: Tensor
+    text_embeddings: Tensor
+
+    def result(self) -> Relevance:
+        """The batch's `Relevance`, on the CPU (the one wait for the device)."""
+        relevance = self.relevance.cpu()
+        eot = self.tokens.eot.tolist()
+        return Relevance(
+            tokens=self.tokens,
+            relevance=[relevance[b, 1 : eot[b]] for b in range(len(eot))],
+            cosine=self.cosine.cpu(),
+            text_embeddings=self.text_embeddings,
+        )

@@ -114,6 +114,9 @@ class HFClipBackbone(ClipBackbone):
     """``transformers.CLIPModel`` with eager attention (sdpa returns no attention probabilities)."""
 
     family = "hf"
+    # CLIPTextTransformer always applies a causal mask and pools at the (first) end-of-text id,
+    # with position ids taken from the start of its table whatever the sequence length.
+    trims_text_padding = True
 
     def __init__(
         self,

@@ -23,6 +23,11 @@ class ClipBackbone(ABC):
     #: ``"hf"`` or ``"openclip"``.
     family: str
 
+    #: Whether `encode_text` accepts ids cut right after the batch's last end-of-text column
+    #: (``ids[:, : eot.max() + 1]``) and gives the same embeddings, to float rounding: true of a
+    #: causal text tower pooled at the end-of-text token, where later positions change nothing.
+    trims_text_padding: bool = False
+
     def __init__(
         self,
         name: str,
@@ -68,7 +73,10 @@ class ClipBackbone(ABC):
 
     @abstractmethod
     def encode_text(self, ids: Tensor) -> Tensor:
-        """Text embeddings ``[batch, dim]`` (not normalized), pooled at the end-of-text token."""
+        """Text embeddings ``[batch, dim]`` (not normalized), pooled at the end-of-text token.
+
+        ``ids`` are ``[batch, context_length]``, or shorter when `trims_text_padding` is true.
+        """
 
     def tokenize(self, texts: Sequence[str]) -> TokenBatch:
         """Token ids on the model's device."""
