@@ -7,12 +7,18 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from egtr_testing import legacy_names, make_image, save_lightning
 
 from egtr.cli import DRAWING_SUFFIX, drawing_paths, main
+
+if TYPE_CHECKING:
+    from egtr.preprocessing import BatchInputs
+    from egtr.scene_graph import SceneGraph
 
 
 def _rows(path: Path) -> list[dict[str, object]]:
@@ -99,6 +105,7 @@ def test_info_takes_model_and_keeps_the_positional_for_a_release(
         (["--top-k", "-1"], "--top-k"),
         (["--batch-size", "0"], "--batch-size"),
         (["--batch-size", "two"], "--batch-size"),
+        (["--workers", "-1"], "--workers"),
         (["--object-threshold", "high"], "--object-threshold"),
         (["--object-threshold", "nan"], "--object-threshold"),
         (["--device", "gpu"], "--device"),
@@ -348,8 +355,10 @@ def test_predict_of_a_missing_image_keeps_the_old_results(
     (old,) = _rows(out)
     assert main(["predict", str(tmp_path / "missing.png"), *base]) == 1
     rows = _rows(out)
-    assert rows[0] == old  # not emptied
-    assert "no such file" in str(rows[1]["error"])
+    # not emptied: the rows of this run's inputs come first, in input order, then the others
+    assert [r["id"] for r in rows] == [str(tmp_path / "missing.png"), old["id"]]
+    assert rows[1] == old
+    assert "no such file" in str(rows[0]["error"])
 
 
 def test_predict_is_interrupted_cleanly_and_resumes(
@@ -364,23 +373,23 @@ def test_predict_is_interrupted_cleanly_and_resumes(
     first, second = images
     out = tmp_path / "graphs.jsonl"
     argv = ["predict", str(first), str(second), "--model", str(tiny_model_dir), "--out", str(out)]
-    real = EGTRPredictor.predict_loaded
+    real = EGTRPredictor.predict_inputs
     calls = []
 
-    def interrupted(self: EGTRPredictor, batch: list[object]) -> list[object]:
-        calls.append(len(batch))
+    def interrupted(self: EGTRPredictor, batch: BatchInputs) -> list[SceneGraph]:
+        calls.append(len(batch.original_sizes))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, batch)  # type: ignore[arg-type,return-value]
+        return real(self, batch)
 
-    monkeypatch.setattr(EGTRPredictor, "predict_loaded", interrupted)
+    monkeypatch.setattr(EGTRPredictor, "predict_inputs", interrupted)
     assert main([*argv, "--quiet"]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "interrupted" in err
     assert f"resume with: egtr predict {first} {second}" in err
     assert [r["id"] for r in _rows(out)] == [str(first)]  # the complete row is kept
-    monkeypatch.setattr(EGTRPredictor, "predict_loaded", real)
+    monkeypatch.setattr(EGTRPredictor, "predict_inputs", real)
     assert main([*argv, "--quiet"]) == 0
     assert [r["id"] for r in _rows(out)] == [str(first), str(second)]
 
@@ -666,3 +675,221 @@ def test_convert_lists_mismatched_keys_in_one_line(
     assert "wrong shape" in line
     assert "triplet_dist ([4, 4, 2] vs [4, 4, 3])" in line
     assert not (tmp_path / "o").exists()
+
+
+# -- predict: folders, patterns, lists, workers, kill -9, torchrun ---------------------------------
+
+
+def _photo_folder(root: Path, count: int, corrupt: Sequence[int] = ()) -> Path:
+    """``count`` small images of three shapes in sub-folders, ``corrupt`` ones unreadable."""
+    shapes = [(64, 48), (48, 64), (80, 50)]
+    for index in range(count):
+        path = root / f"set{index % 3}" / f"{index:02d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if index in corrupt:
+            path.write_bytes(b"\xff\xd8\xff not a jpeg")
+        else:
+            make_image(*shapes[index % 3], seed=index).save(path)
+    return root
+
+
+def test_predict_reads_a_folder_with_ids_relative_to_it(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    photos = _photo_folder(tmp_path / "photos", 4)
+    (photos / "notes.txt").write_text("skipped: not an image")
+    out, draw = tmp_path / "g.jsonl", tmp_path / "drawn"
+    argv = ["predict", str(photos), "--model", str(tiny_model_dir), "--out", str(out)]
+    assert main([*argv, "--draw", str(draw), "--quiet", "--workers", "1"]) == 0
+    rows = _rows(out)
+    ids = ["set0/00.jpg", "set0/03.jpg", "set1/01.jpg", "set2/02.jpg"]
+    assert [r["id"] for r in rows] == ids
+    assert [r["image"] for r in rows] == [str(photos / name) for name in ids]
+    assert [r["drawing"] for r in rows] == [
+        str(draw / name.replace(".jpg", DRAWING_SUFFIX)) for name in ids
+    ]
+    # the same images given as a pattern and as a list: ids are the paths as written
+    pattern = str(photos / "set0" / "*.jpg")
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{photos / 'set1' / '01.jpg'}\n\n{tmp_path / 'gone.jpg'}\n")
+    more = tmp_path / "more.jsonl"
+    argv = ["predict", pattern, "--list", str(listed), "--model", str(tiny_model_dir)]
+    assert main([*argv, "--out", str(more), "--quiet", "--workers", "0"]) == 1  # gone.jpg
+    rows = _rows(more)
+    assert [r["id"] for r in rows] == [
+        str(photos / "set0" / "00.jpg"),
+        str(photos / "set0" / "03.jpg"),
+        str(photos / "set1" / "01.jpg"),
+        str(tmp_path / "gone.jpg"),
+    ]
+    assert "no such file" in str(rows[3]["error"])
+    graphs = {r["image"]: r["relations"] for r in _rows(out)}
+    assert [r["relations"] for r in rows[:3]] == [graphs[r["image"]] for r in rows[:3]]
+
+
+def test_predict_reads_a_list_from_standard_input(
+    tiny_model_dir: Path,
+    images: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{images[1]}\n{images[0]}\n"))
+    argv = ["predict", "--list", "-", "--model", str(tiny_model_dir), "--json", "--quiet"]
+    assert main(argv) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [
+        str(images[1]),
+        str(images[0]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "expected"),
+    [
+        (lambda root: [str(root / "empty")], "the folder holds no images"),
+        (lambda root: [str(root / "*.png")], "the pattern matches no image"),
+        (lambda root: ["--list", str(root / "nope.txt")], "the list file does not exist"),
+        (lambda root: ["--list", str(root / "empty")], "cannot read the list file"),
+        (lambda root: [], "no images given"),
+        (lambda root: [str(root / "photos"), "--draw", str(root / "photos" / "d")], "--draw"),
+    ],
+)
+def test_inputs_naming_no_image_are_usage_errors_that_touch_nothing(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    inputs: Callable[[Path], list[str]],
+    expected: str,
+) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image")
+    _photo_folder(tmp_path / "photos", 1)
+    before = sorted(tmp_path.rglob("*"))
+    out = tmp_path / "g.jsonl"
+    argv = ["predict", *inputs(tmp_path), "--model", str(tiny_model_dir), "--out", str(out)]
+    assert main(argv) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert expected in line
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_predict_refuses_torchrun_without_a_results_file(
+    tiny_model_dir: Path,
+    images: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["predict", str(images[0]), "--model", str(tiny_model_dir)]) == 2
+    assert "under torchrun" in _error_line(capsys.readouterr().err)
+
+
+def test_predict_writes_the_same_rows_with_any_number_of_workers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    photos = _photo_folder(tmp_path / "photos", 7, corrupt=[4])
+    base = ["predict", str(photos), "--model", str(tiny_model_dir), "--quiet"]
+    results = []
+    for workers, batch in (("0", "1"), ("2", "1"), ("0", "3"), ("2", "3")):
+        out = tmp_path / f"w{workers}b{batch}.jsonl"
+        assert main([*base, "--out", str(out), "--workers", workers, "--batch-size", batch]) == 1
+        results.append(_rows(out))
+    assert results[0] == results[1]
+    assert results[2] == results[3]
+    assert [r["id"] for r in results[0]] == [r["id"] for r in results[2]]
+
+
+_SLOW_PREDICT = """
+import sys, time
+from egtr.predictor import EGTRPredictor
+real = EGTRPredictor.predict_inputs
+def slow(self, inputs):
+    time.sleep(0.1)
+    return real(self, inputs)
+EGTRPredictor.predict_inputs = slow
+from egtr.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_folder_with_corrupt_images_survives_kill_9_and_resumes_to_the_same_file(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """50 images, 3 corrupt: 47 graphs and 3 error rows; a run killed (``kill -9``) midway and
+    run again writes the file an uninterrupted run writes, byte for byte (a batch's graphs
+    depend on its members, so the resumed run must batch as the uninterrupted one did)."""
+    import os
+    import signal
+    import time
+
+    photos = _photo_folder(tmp_path / "photos", 50, corrupt=[7, 20, 41])
+    argv = ["predict", str(photos), "--model", str(tiny_model_dir), "--batch-size", "2"]
+    argv += ["--workers", "1", "--top-k", "3"]
+    straight, broken = tmp_path / "straight.jsonl", tmp_path / "broken.jsonl"
+    assert main([*argv, "--out", str(straight), "--quiet"]) == 1
+    assert "3 of 50 images could not be read" in capsys.readouterr().err
+    rows = _rows(straight)
+    assert len(rows) == 50
+    assert sum("error" in r for r in rows) == 3
+    assert sum("relations" in r for r in rows) == 47
+    assert [r["id"] for r in rows if "error" in r] == ["set1/07.jpg", "set2/20.jpg", "set2/41.jpg"]
+
+    command = [sys.executable, "-c", _SLOW_PREDICT, *argv, "--out", str(broken), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    lines = 0
+    while lines < 25 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+        lines = broken.read_bytes().count(b"\n") if broken.exists() else 0
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    # killed midway, after the error row of set1/07.jpg, which the resumed run computes again
+    assert 25 <= len(broken.read_bytes().splitlines()) < 50
+    assert main([*argv, "--out", str(broken)]) == 1
+    assert "resuming" in capsys.readouterr().err
+    assert broken.read_bytes() == straight.read_bytes()
+
+
+def _torchrun_predict(argv: list[str], processes: int = 2) -> subprocess.CompletedProcess[str]:
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
+    command += ["--master-port", str(port), "-m", "egtr", "predict", *argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_two_processes_write_what_one_writes_also_after_a_resume(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``torchrun --nproc-per-node 2 -m egtr predict``: the merged file is a single process's,
+    also when two processes resume what a killed three-process run left (a torn last line and
+    a rank's part file)."""
+    photos = _photo_folder(tmp_path / "photos", 7, corrupt=[4])
+    argv = ["--model", str(tiny_model_dir), "--batch-size", "2", "--workers", "1", "--quiet"]
+    argv += ["--device", "cpu", str(photos)]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert main(["predict", *argv, "--out", str(one)]) == 1
+    want = one.read_bytes()
+    rows = want.decode().splitlines()
+    assert len(rows) == 7
+
+    done = _torchrun_predict([*argv, "--out", str(two)])
+    assert done.returncode == 1, done.stderr[-3000:]  # 1: an error row
+    assert two.read_bytes() == want
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    # a killed three-process run: rank 0 wrote rows 0-1 (the last torn), rank 2 rows 4-5
+    two.write_text(rows[0] + "\n" + rows[1][:30])
+    (tmp_path / ".two.jsonl.part-2").write_text(rows[4] + "\n" + rows[5] + "\n")
+    done = _torchrun_predict([*argv, "--out", str(two)])
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert two.read_bytes() == want
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

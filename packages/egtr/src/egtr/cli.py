@@ -12,10 +12,11 @@ Nothing here imports torch until a command runs, so ``egtr --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from egtr.configuration import EGTRConfig
+    from egtr.inputs import ImageInput
     from egtr.scene_graph import SceneGraph
+    from vl_core.distributed import Dist
 
 PROG = "egtr"
 
@@ -109,9 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="scene graphs of images (JSON lines, drawings)",
         description="Scene graphs of images: a summary on stdout, --json, or a resumable JSON "
-        "Lines results file with --out (rows already in it are skipped).",
+        "Lines results file with --out (rows already in it are skipped). Under torchrun "
+        "(--out only) the images are shared out among the processes.",
     )
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE",
+        help="image files, folders (searched recursively for images; row ids relative to the "
+        "folder) or quoted glob patterns ('photos/**/*.jpg')",
+    )
+    predict.add_argument(
+        "--list",
+        dest="list_file",
+        metavar="FILE",
+        help="also predict the images listed in FILE, one path per line (- : standard input)",
+    )
     predict.add_argument("--model", required=True, help=MODEL_HELP)
     predict.add_argument(
         "--out",
@@ -155,7 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=1,
         metavar="N",
-        help="images per forward pass (default: 1)",
+        help="consecutive images computed together, one forward pass per image shape; also "
+        "the unit a resumed or torchrun run recomputes and shares out (default: 1)",
+    )
+    predict.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="processes that read and preprocess images while the model runs (default: "
+        "min(4, CPUs - 1); 0: read in the main process)",
     )
     _add_device_options(predict)
     add_quiet_option(predict)
@@ -244,13 +269,13 @@ def _usage(exc: BaseException) -> UsageError:
     return UsageError(str(exc) or type(exc).__name__)
 
 
-def _resolve_device(args: argparse.Namespace) -> tuple[Any, Any]:
+def _resolve_device(name: str, dtype: str) -> tuple[Any, Any]:
     """``(torch.device, torch.dtype)`` of ``--device`` / ``--dtype``; `UsageError` if unusable."""
     from vl_core.devices import resolve_device, resolve_dtype
 
     try:
-        device = resolve_device(args.device)
-        return device, resolve_dtype(args.dtype, device)
+        device = resolve_device(name)
+        return device, resolve_dtype(dtype, device)
     except ValueError as exc:
         raise UsageError(str(exc), "--device/--dtype", "choose a device this machine has") from exc
 
@@ -349,18 +374,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 # -- predict --------------------------------------------------------------------------------------
 
 
-def drawing_paths(images: Sequence[str], folder: str | os.PathLike[str]) -> dict[str, Path]:
+def drawing_paths(
+    images: Sequence[str], folder: str | os.PathLike[str], *, roots: Sequence[str] = ()
+) -> dict[str, Path]:
     """Where ``egtr predict --draw FOLDER`` draws each of ``images``; returns ``{image: path}``.
 
-    Each drawing keeps the image's path relative to the common folder of all ``images`` (so
-    ``a/x.png`` and ``b/x.png`` give ``FOLDER/a/x.graph.png`` and ``FOLDER/b/x.graph.png``),
-    with the suffix replaced by :data:`DRAWING_SUFFIX`. Images of one folder that differ only in
-    their suffix (``x.png``, ``x.jpg``) keep it: ``x.png.graph.png``, ``x.jpg.graph.png``.
+    Each drawing keeps the image's path relative to the common folder of all ``images`` and of the
+    folder arguments ``roots`` they were found in (so ``a/x.png`` and ``b/x.png`` give
+    ``FOLDER/a/x.graph.png`` and ``FOLDER/b/x.graph.png``, and the images of one folder argument
+    are drawn at their row ids), with the suffix replaced by :data:`DRAWING_SUFFIX`. Images of one
+    folder that differ only in their suffix (``x.png``, ``x.jpg``) keep it: ``x.png.graph.png``,
+    ``x.jpg.graph.png``.
     """
     absolute = {name: Path(os.path.abspath(name)) for name in images}
     if not absolute:
         return {}
-    common = Path(os.path.commonpath([str(path.parent) for path in absolute.values()]))
+    parents = [str(path.parent) for path in absolute.values()]
+    common = Path(os.path.commonpath(parents + [os.path.abspath(root) for root in roots]))
     relative = {name: path.relative_to(common) for name, path in absolute.items()}
     stems: dict[Path, int] = {}
     for rel in relative.values():
@@ -377,36 +407,70 @@ def drawing_paths(images: Sequence[str], folder: str | os.PathLike[str]) -> dict
 class _PredictPlan:
     """Everything ``egtr predict`` decided before loading the model or touching a file."""
 
-    images: list[str]
+    inputs: list[ImageInput]
     model_dir: Path
     config: EGTRConfig
     device: Any
     dtype: Any
+    dist: Dist
+    workers: int
     out: Path | None = None
     manifest: Path | None = None
     record: dict[str, Any] = field(default_factory=dict)
-    pending: list[str] = field(default_factory=list)
+    pending: list[ImageInput] = field(default_factory=list)
     already: int = 0
-    start_over: bool = False
+    parts: int = 0
     drawings: dict[str, Path] = field(default_factory=dict)
+    """Drawing path by row id (with ``--draw``)."""
 
 
 def _plan_predict(args: argparse.Namespace) -> _PredictPlan:
     """Validate every argument and the existing outputs; raises `UsageError`. Writes nothing."""
     from egtr.builders import ModelDirectoryError, read_model_config, resolve_model
+    from egtr.inputs import InputError, default_workers, find_images
+    from vl_core.distributed import DistributedError, device_for_rank, from_environment
     from vl_core.files import ResultsFileError, refuse_input_as_output
 
-    images = list(dict.fromkeys(args.images))  # an image given twice is predicted once
+    try:
+        dist = from_environment()
+    except DistributedError as exc:
+        raise _usage(exc) from exc
+    if dist.sharded and args.out is None:
+        raise UsageError(
+            "under torchrun the rows go to a results file", "--out", "give --out RESULTS.jsonl"
+        )
+    if dist.sharded and args.list_file == "-":
+        raise UsageError(
+            "under torchrun the processes cannot share standard input", "--list -", "list a file"
+        )
+    try:
+        inputs = find_images(args.images, args.list_file)
+    except InputError as exc:
+        raise _usage(exc) from exc
+    paths = [item.path for item in inputs]
+    roots = sorted({item.folder for item in inputs if item.folder is not None})
     out = Path(args.out) if args.out else None
     manifest = out.with_name(out.name + MANIFEST_SUFFIX) if out else None
-    drawings = drawing_paths(images, args.draw) if args.draw else {}
+    drawings: dict[str, Path] = {}
+    if args.draw:
+        by_path = drawing_paths(paths, args.draw, roots=roots)
+        drawings = {item.id: by_path[item.path] for item in inputs}
+        draw = Path(os.path.abspath(args.draw))
+        for root in roots:
+            if draw.is_relative_to(os.path.abspath(root)):
+                raise UsageError(
+                    "the drawings would go into an input folder, and be taken as images by the "
+                    "next run",
+                    f"--draw {args.draw} in {root}",
+                    "choose a --draw folder outside the input folders",
+                )
     try:
         if out is not None and manifest is not None:
             if out.is_dir():
                 raise UsageError("--out is a directory", str(out), "give a .jsonl file path")
-            refuse_input_as_output([out, manifest], images)
+            refuse_input_as_output([out, manifest], paths)
             refuse_input_as_output([out], drawings.values())
-        refuse_input_as_output(drawings.values(), images)
+        refuse_input_as_output(drawings.values(), paths)
     except ResultsFileError as exc:
         raise _usage(exc) from exc
     if args.draw:
@@ -418,16 +482,19 @@ def _plan_predict(args: argparse.Namespace) -> _PredictPlan:
         config = read_model_config(model_dir)
     except ModelDirectoryError as exc:
         raise _usage(exc) from exc
-    device, dtype = _resolve_device(args)
-    plan = _PredictPlan(images, model_dir, config, device, dtype, out, manifest, drawings=drawings)
-    plan.pending = images
+    device, dtype = _resolve_device(device_for_rank(args.device, dist), args.dtype)
+    workers = default_workers() if args.workers is None else args.workers
+    plan = _PredictPlan(
+        inputs, model_dir, config, device, dtype, dist, workers, out, manifest, drawings=drawings
+    )
+    plan.pending = inputs
     if out is not None and manifest is not None:
         _plan_resume(plan, args)
     if drawings and not args.overwrite:
         from egtr.drawing import is_drawing
 
-        for name in plan.pending:
-            path = drawings[name]
+        for item in plan.pending:
+            path = drawings[item.id]
             if path.exists() and not is_drawing(path):
                 raise UsageError(
                     "the drawing would replace a file egtr did not draw",
@@ -438,7 +505,8 @@ def _plan_predict(args: argparse.Namespace) -> _PredictPlan:
 
 
 def _plan_resume(plan: _PredictPlan, args: argparse.Namespace) -> None:
-    """The run manifest's record and the images still to do; raises `UsageError`."""
+    """The run manifest's record and the images still to do (reading only); raises
+    `UsageError` for an output egtr did not write or one of other settings."""
     from egtr.builders import is_hub_name
     from vl_core.files import (
         ResultsFileError,
@@ -447,6 +515,7 @@ def _plan_resume(plan: _PredictPlan, args: argparse.Namespace) -> None:
         id_key,
         read_results,
     )
+    from vl_core.runs import leftover_parts
 
     out, manifest, config = plan.out, plan.manifest, plan.config
     assert out is not None
@@ -466,86 +535,69 @@ def _plan_resume(plan: _PredictPlan, args: argparse.Namespace) -> None:
         "object_score": config.object_score,
         "dtype": str(plan.dtype).removeprefix("torch."),
     }
+    if args.overwrite:
+        return
+    parts = leftover_parts(out)  # of an interrupted run under torchrun
     done: set[str] = set()
     try:
-        if out.exists() and not args.overwrite:
-            existing = read_results(out, repair=False)  # refuses a file it did not write
+        for path in [out, *parts]:
+            done |= read_results(path, repair=False).done  # refuses a file it did not write
+        if (out.exists() or parts) and manifest.exists():
             check_manifest(manifest, plan.record)  # refuses other settings or another model
-            done = existing.done
-        else:
-            plan.start_over = out.exists()
     except ResultsFileError as exc:
         raise _usage(exc) from exc
-    plan.pending = [name for name in plan.images if id_key(name) not in done]
-    plan.already = len(plan.images) - len(plan.pending)
+    plan.pending = [item for item in plan.inputs if id_key(item.id) not in done]
+    plan.already = len(plan.inputs) - len(plan.pending)
+    plan.parts = len(parts)
 
 
-class _Results:
-    """Where ``egtr predict`` puts rows: a results file (appended, resumable) or stdout."""
+class _Printed:
+    """Where ``egtr predict`` without ``--out`` puts rows: a summary, or ``--json`` at the end."""
 
-    def __init__(self, plan: _PredictPlan, args: argparse.Namespace) -> None:
-        self.plan = plan
-        self.args = args
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
         self.collected: list[dict[str, Any]] = []
-        self._writer: Any = None
 
-    def add(self, row: Mapping[str, Any], graph: SceneGraph | None) -> None:
+    def write(self, row: Mapping[str, Any], graph: SceneGraph | None) -> None:
         """Record one row (a graph row, or an error row when ``graph`` is None)."""
-        if self.plan.out is not None:
-            self._write(row)
-        elif self.args.json:
+        if self.as_json:
             self.collected.append(dict(row))
         elif graph is not None:
             _print_summary(str(row["image"]), graph.triplets(), sys.stdout)
 
-    def _write(self, row: Mapping[str, Any]) -> None:
-        from vl_core.files import RowWriter, atomic_write, check_manifest
-
-        out, manifest = self.plan.out, self.plan.manifest
-        assert out is not None
-        assert manifest is not None
-        if self._writer is None:
-            # first row: only now is an old output replaced (never emptied for nothing)
-            check_manifest(manifest, self.plan.record, overwrite=True)
-            self._writer = RowWriter(out)
-            if self.plan.start_over:
-                atomic_write(out, json.dumps(row, ensure_ascii=False) + "\n")
-                return
-        self._writer.write(row)
-
     def close(self) -> None:
-        """Sync the results file, or print the collected ``--json`` rows."""
-        if self._writer is not None:
-            self._writer.close()
-        if self.plan.out is None and self.args.json:
+        """Print the collected ``--json`` rows."""
+        if self.as_json:
             json.dump(self.collected, sys.stdout, indent=2)
             sys.stdout.write("\n")
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
     plan = _plan_predict(args)
+    note = print if not args.quiet else _silent
+    if plan.out is not None and not plan.dist.sharded and not plan.pending and not plan.parts:
+        note(
+            f"{PROG} predict: {plan.out} holds all {len(plan.inputs)} images; nothing to do",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    from vl_core.distributed import process_group
+
+    with process_group("gloo") as dist:
+        return _predict(plan, args, dist)
+
+
+def _predict(plan: _PredictPlan, args: argparse.Namespace, dist: Dist) -> int:
+    """Run the planned prediction on this process's share; returns the exit status."""
     from tqdm import tqdm
 
     from egtr.builders import ModelDirectoryError
+    from egtr.loading import load_blocks
     from egtr.predictor import EGTRPredictor
-    from vl_core.files import error_text, read_results
-    from vl_core.images import ImageLoadError, load_image
+    from vl_core.files import ResultsFileError
+    from vl_core.runs import ShardedRun
 
-    note = print if not args.quiet else _silent
-    if plan.out is not None and plan.already:
-        note(
-            f"{PROG} predict: resuming {plan.out}: {plan.already} of {len(plan.images)} images "
-            "already done",
-            file=sys.stderr,
-        )
-    if not plan.pending:
-        note(f"{PROG} predict: nothing to do", file=sys.stderr)
-        return EXIT_OK
+    note = print if not args.quiet and dist.is_main else _silent
     try:
         predictor = EGTRPredictor(
             plan.model_dir,
@@ -557,64 +609,100 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
     except ModelDirectoryError as exc:
         raise _usage(exc) from exc
-    if plan.out is not None and plan.out.exists() and not plan.start_over:
-        read_results(plan.out)  # repair a torn last line; error rows are retried
-    results = _Results(plan, args)
+    ids = [item.id for item in plan.inputs]
+    run: ShardedRun | None = None
+    if plan.out is not None:
+        run = ShardedRun(
+            plan.out,
+            ids,
+            dist,
+            block_size=args.batch_size,
+            manifest=plan.manifest,
+            record=plan.record,
+            overwrite=args.overwrite,
+        )
+        try:
+            resumed = run.start()  # folds what an earlier run left into the results file
+        except ResultsFileError as exc:
+            raise _usage(exc) from exc
+        if resumed.done:
+            note(
+                f"{PROG} predict: resuming {plan.out}: {resumed.done} of {len(ids)} images "
+                "already done",
+                file=sys.stderr,
+            )
+        blocks = [(tuple(block.positions), block.todo) for block in run.blocks]
+    else:
+        blocks = [
+            (tuple(range(start, min(start + args.batch_size, len(ids)))),) * 2
+            for start in range(0, len(ids), args.batch_size)
+        ]
+    printed = _Printed(args.json) if run is None else None
+    todo_count = sum(len(todo) for _, todo in blocks)
+    desc = PROG if not dist.sharded else f"{PROG} (rank {dist.rank})"
     errors = 0
-    try:
-        with tqdm(
-            total=len(plan.pending), desc="egtr", unit="img", file=sys.stderr, disable=args.quiet
-        ) as progress:
-            for chunk in _chunks(plan.pending, args.batch_size):
-                loaded: list[tuple[str, Image.Image]] = []
-                failed: dict[str, str] = {}
-                for name in chunk:
-                    try:
-                        loaded.append((name, load_image(name)))
-                    except (ImageLoadError, OSError) as exc:
-                        failed[name] = error_text(exc)
-                graphs = dict(
-                    zip(
-                        [name for name, _ in loaded],
-                        predictor.predict_loaded([image for _, image in loaded]),
-                        strict=True,
-                    )
-                )
-                images = dict(loaded)
-                for name in chunk:
-                    if name in failed:
-                        errors += 1
-                        tqdm.write(
-                            f"{PROG} predict: skipped {name}: {failed[name]}", file=sys.stderr
-                        )
-                        results.add({"id": name, "image": name, "error": failed[name]}, None)
-                    else:
-                        results.add(
-                            _graph_row(name, graphs[name], images[name], plan), graphs[name]
-                        )
-                    progress.update()
-    finally:
-        results.close()
-    if errors:
+    loaded_blocks = load_blocks(
+        [item.path for item in plan.inputs],
+        [positions for positions, _ in blocks],
+        predictor.preprocessing,
+        workers=plan.workers,
+        keep_images=bool(plan.drawings),
+        pin_memory=predictor.device.type == "cuda",
+    )
+    with (
+        contextlib.closing(loaded_blocks),
+        run.writing() if run is not None else contextlib.nullcontext() as writer,
+        tqdm(total=todo_count, desc=desc, unit="img", file=sys.stderr, disable=args.quiet) as bar,
+    ):
+        for (_, todo), loaded in zip(blocks, loaded_blocks, strict=True):
+            wanted = set(todo)
+            graphs: dict[int, SceneGraph] = {}
+            for members, inputs in loaded.batches:
+                if wanted.intersection(members):  # a batch done before is not computed again
+                    graphs.update(zip(members, predictor.predict_inputs(inputs), strict=True))
+            for position in todo:
+                item = plan.inputs[position]
+                graph = graphs.get(position)
+                if graph is None:
+                    error = loaded.errors[position]
+                    errors += 1
+                    tqdm.write(f"{PROG} predict: skipped {item.path}: {error}", file=sys.stderr)
+                    row: dict[str, Any] = {"id": item.id, "image": item.path, "error": error}
+                else:
+                    row = _graph_row(item, graph, loaded.images.get(position), plan)
+                if writer is not None:
+                    writer.write(row)
+                else:
+                    assert printed is not None
+                    printed.write(row, graph)
+                bar.update()
+    written = todo_count
+    if run is not None:
+        finished = run.finish()  # every rank's rows merged into --out, in input order
+        errors, written = finished.errors, finished.written
+    elif printed is not None:
+        printed.close()
+    if errors and dist.is_main:
         where = f" (error rows in {plan.out}; rerun to retry them)" if plan.out else ""
         print(
-            f"{PROG} predict: {errors} of {len(plan.pending)} images could not be read{where}",
+            f"{PROG} predict: {errors} of {written} images could not be read{where}",
             file=sys.stderr,
         )
     elif plan.out is not None:
-        note(f"{PROG} predict: {len(plan.pending)} graphs written to {plan.out}", file=sys.stderr)
+        note(f"{PROG} predict: {written} graphs written to {plan.out}", file=sys.stderr)
     return exit_status(errors)
 
 
 def _graph_row(
-    name: str, graph: SceneGraph, image: Image.Image, plan: _PredictPlan
+    item: ImageInput, graph: SceneGraph, image: Image.Image | None, plan: _PredictPlan
 ) -> dict[str, Any]:
     """``{"id", "image", **graph.to_dict(), "drawing"?}``, drawing the graph when asked."""
-    row: dict[str, Any] = {"id": name, "image": name, **graph.to_dict()}
+    row: dict[str, Any] = {"id": item.id, "image": item.path, **graph.to_dict()}
     if plan.drawings:
         from egtr.drawing import draw_scene_graph
 
-        row["drawing"] = str(draw_scene_graph(image, graph, plan.drawings[name]))
+        assert image is not None
+        row["drawing"] = str(draw_scene_graph(image, graph, plan.drawings[item.id]))
     return row
 
 

@@ -10,9 +10,16 @@ import torch
 from PIL import Image
 
 from egtr.builders import load_pretrained
+from egtr.loading import Preprocessing
 from egtr.modeling import EGTRForSceneGraphGeneration
 from egtr.postprocess import OBJECT_SCORES, build_scene_graph
-from egtr.preprocessing import IMAGENET_MEAN, IMAGENET_STD, preprocess, resized_size
+from egtr.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchInputs,
+    preprocess,
+    resized_size,
+)
 from egtr.scene_graph import DEFAULT_OBJECT_THRESHOLD, SceneGraph
 from vl_core.devices import DeviceLike, DTypeLike, resolve_device, resolve_dtype
 from vl_core.images import ImageSource, load_image
@@ -146,18 +153,40 @@ class EGTRPredictor:
             results.update(zip(indices, graphs, strict=True))
         return [results[i] for i in range(len(images))]
 
-    @torch.inference_mode()
-    def _forward(self, images: Sequence[Image.Image]) -> list[SceneGraph]:
-        inputs = preprocess(
-            images,
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How this predictor turns images into model inputs (resize bounds, normalisation,
+        ``pad_batches``), for :func:`egtr.loading.load_blocks`; returns a `Preprocessing`."""
+        config = self.model.config
+        return Preprocessing(
             min_size=self.min_size,
             max_size=self.max_size,
-            mean=self.model.config.image_mean or IMAGENET_MEAN,
-            std=self.model.config.image_std or IMAGENET_STD,
+            mean=tuple(config.image_mean or IMAGENET_MEAN),
+            std=tuple(config.image_std or IMAGENET_STD),
+            pad_batches=self.pad_batches,
         )
+
+    def _forward(self, images: Sequence[Image.Image]) -> list[SceneGraph]:
+        preprocessing = self.preprocessing
+        inputs = preprocess(
+            images,
+            min_size=preprocessing.min_size,
+            max_size=preprocessing.max_size,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+        )
+        return self.predict_inputs(inputs)
+
+    @torch.inference_mode()
+    def predict_inputs(self, inputs: BatchInputs) -> list[SceneGraph]:
+        """Graphs of preprocessed images (:func:`egtr.preprocessing.preprocess`, or the batches
+        of :func:`egtr.loading.load_blocks`): one forward pass of the whole batch.
+
+        Returns one :class:`SceneGraph` per image of ``inputs``, in order.
+        """
         out = self.model(
-            pixel_values=inputs.pixel_values.to(self.device, self.dtype),
-            pixel_mask=inputs.pixel_mask.to(self.device),
+            pixel_values=inputs.pixel_values.to(self.device, self.dtype, non_blocking=True),
+            pixel_mask=inputs.pixel_mask.to(self.device, non_blocking=True),
         )
         assert out.logits is not None
         assert out.pred_boxes is not None

@@ -71,16 +71,45 @@ def preprocess(
     """
     if not images:
         raise ValueError("no images to preprocess")
-    tensors: list[Tensor] = []
-    sizes: list[tuple[int, int]] = []
-    for image in images:
-        width, height = image.size
-        sizes.append((width, height))
-        new_w, new_h = resized_size(width, height, min_size, max_size)
-        pixels = TF.to_image(image.convert("RGB"))
-        pixels = TF.resize(pixels, [new_h, new_w], antialias=True)
-        pixels = TF.to_dtype(pixels, torch.float32, scale=True)
-        tensors.append(TF.normalize(pixels, list(mean), list(std)))
+    tensors = [
+        image_tensor(image, min_size=min_size, max_size=max_size, mean=mean, std=std)
+        for image in images
+    ]
+    return pad_batch(tensors, [image.size for image in images])
+
+
+def image_tensor(
+    image: Image.Image,
+    *,
+    min_size: int = 800,
+    max_size: int | None = 1333,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """One RGB PIL image resized (:func:`resized_size`) and normalised: returns a float32
+    ``[3, H, W]`` tensor (what :func:`preprocess` does to each image before padding).
+
+    Raises ``ValueError`` for an image without pixels.
+    """
+    width, height = image.size
+    new_w, new_h = resized_size(width, height, min_size, max_size)
+    pixels = TF.to_image(image.convert("RGB"))
+    pixels = TF.resize(pixels, [new_h, new_w], antialias=True)
+    pixels = TF.to_dtype(pixels, torch.float32, scale=True)
+    normalised: Tensor = TF.normalize(pixels, list(mean), list(std))
+    return normalised
+
+
+def pad_batch(tensors: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> BatchInputs:
+    """Pad ``[3, H, W]`` tensors (of :func:`image_tensor`) at the bottom and right into one
+    batch; ``sizes`` are the original images' ``(width, height)``. Returns :class:`BatchInputs`.
+
+    Raises ``ValueError`` when ``tensors`` is empty or ``sizes`` does not match it.
+    """
+    if not tensors:
+        raise ValueError("no images to preprocess")
+    if len(sizes) != len(tensors):
+        raise ValueError(f"{len(tensors)} tensors but {len(sizes)} sizes")
     batch_h = max(t.shape[1] for t in tensors)
     batch_w = max(t.shape[2] for t in tensors)
     pixel_values = torch.zeros(len(tensors), 3, batch_h, batch_w)
@@ -89,4 +118,4 @@ def preprocess(
         _, h, w = tensor.shape
         pixel_values[index, :, :h, :w] = tensor
         pixel_mask[index, :h, :w] = 1
-    return BatchInputs(pixel_values, pixel_mask, tuple(sizes))
+    return BatchInputs(pixel_values, pixel_mask, tuple((int(w), int(h)) for w, h in sizes))
