@@ -37,6 +37,7 @@ from vl_core.cli import (
     finite_float,
     positive_int,
     quiet_libraries,
+    report_error_rows,
     run_command,
 )
 
@@ -335,13 +336,12 @@ def _detect_pairs(args: argparse.Namespace) -> int:
             f"{prog}: retried {summary.retried} error row(s) of the previous run", file=sys.stderr
         )
     print(f"{PROG}: {summary} -> {args.out}")
-    if summary.errors:
-        print(
-            f"{prog}: {summary.errors} pair(s) could not be scored: see their error rows in "
-            f"{args.out}, fix them and rerun the command to retry them",
-            file=sys.stderr,
-        )
-    return exit_status(summary.errors)
+    return report_error_rows(
+        prog,
+        summary.errors,
+        "pair(s) could not be scored",
+        f": see their error rows in {args.out}, fix them and rerun the command to retry them",
+    )
 
 
 # -- visualize ------------------------------------------------------------------------------------

@@ -158,13 +158,17 @@ class _PairMetric(Metric):
 
     def __init__(
         self,
-        detector: CLIP4DM,
+        model: str | CLIP4DM,
+        settings: dict[str, Any],
+        device: DeviceLike | None,
+        dtype: DTypeLike | str | None,
         *,
         scale: Scale,
         batch_size: int,
         keep_pairs: bool,
         **kwargs: Any,
     ) -> None:
+        detector = _detector(model, settings, device, dtype)
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; expected one of {SCALES}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -295,9 +299,15 @@ class FCLIPScore(_PairMetric):
         **kwargs: Any,
     ) -> None:
         settings = {"mode": mode, "epsilon": epsilon, "layers": layers, "template": template}
-        detector = _detector(model, settings, device, dtype)
         super().__init__(
-            detector, scale=scale, batch_size=batch_size, keep_pairs=keep_pairs, **kwargs
+            model,
+            settings,
+            device,
+            dtype,
+            scale=scale,
+            batch_size=batch_size,
+            keep_pairs=keep_pairs,
+            **kwargs,
         )
 
     def _score_pairs(self, images: list[ImageSource], captions: list[str]) -> list[PairScore]:
@@ -338,9 +348,15 @@ class CLIPScore(_PairMetric):
         keep_pairs: bool = False,
         **kwargs: Any,
     ) -> None:
-        detector = _detector(model, {"template": template}, device, dtype)
         super().__init__(
-            detector, scale=scale, batch_size=batch_size, keep_pairs=keep_pairs, **kwargs
+            model,
+            {"template": template},
+            device,
+            dtype,
+            scale=scale,
+            batch_size=batch_size,
+            keep_pairs=keep_pairs,
+            **kwargs,
         )
 
     def _score_pairs(self, images: list[ImageSource], captions: list[str]) -> list[PairScore]:

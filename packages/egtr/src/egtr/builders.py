@@ -18,12 +18,9 @@ refuses, in one line each:
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
-from collections.abc import Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,9 @@ from safetensors import SafetensorError
 
 from egtr.configuration import EGTRConfig
 from egtr.modeling import EGTRForSceneGraphGeneration
+from vl_core import files
+from vl_core.checkpoints import summarise_keys
+from vl_core.cli import quiet_transformers
 
 __all__ = [
     "HUB_PREFIX",
@@ -52,8 +52,6 @@ __all__ = [
 MODEL_TYPE = EGTRConfig.model_type
 """``model_type`` in the ``config.json`` of every EGTR model directory."""
 
-KEYS_SHOWN = 5
-"""How many keys an error message lists before it gives only the count of the rest."""
 
 HUB_PREFIX = "hf:"
 """``hf:ORG/NAME`` names a model on the Hugging Face Hub (``hf:DIR`` also names a local directory)."""
@@ -67,7 +65,7 @@ _HUB_HINT = (
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-class JSONFileError(ValueError):
+class JSONFileError(files.JSONFileError):
     """A JSON input file that cannot be read or parsed; the message names the file and line."""
 
 
@@ -145,35 +143,13 @@ def _not_found_hint(path: Path) -> str:
     return _FIX
 
 
-def summarise_keys(keys: Collection[Any], limit: int = KEYS_SHOWN) -> str:
-    """``"a, b, c, d, e and 7 more"``: the first ``limit`` of ``keys`` (sorted), then a count."""
-    names = sorted(str(key) for key in keys)
-    shown = ", ".join(names[:limit])
-    if len(names) > limit:
-        shown += f" and {len(names) - limit} more"
-    return shown
-
-
 def read_json_file(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
     """The parsed content of the JSON file ``path``.
 
     Raises :class:`JSONFileError` naming the file (and line and column) when it is missing,
     unreadable, not UTF-8 or not JSON.
     """
-    target = Path(path)
-    try:
-        text = target.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise JSONFileError(f"{what} not found ({target}): check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JSONFileError(f"cannot read the {what} ({target}): {exc}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise JSONFileError(
-            f"the {what} is not valid JSON ({target}, line {exc.lineno} column {exc.colno}): "
-            f"{exc.msg}"
-        ) from exc
+    return files.read_json(path, what, error=JSONFileError)
 
 
 def _model_config_dict(path: Path) -> dict[str, Any]:
@@ -203,26 +179,6 @@ def _model_config_dict(path: Path) -> dict[str, Any]:
     return data
 
 
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Silence transformers' load report and "Loading weights" bar: :func:`load_pretrained`
-    reports problems itself, and reading a model directory takes about a second at most."""
-    from transformers.utils import logging as hf_logging
-
-    logger = logging.getLogger("transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    bar = hf_logging.is_progress_bar_enabled()
-    if bar:
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        if bar:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-
-
 def read_model_config(path: str | os.PathLike[str], **overrides: Any) -> EGTRConfig:
     """The :class:`EGTRConfig` of the model ``path`` (no weights are read): a model directory or
     ``hf:ORG/NAME`` (see :func:`resolve_model`; a hub model is fetched whole, weights included).
@@ -234,7 +190,7 @@ def read_model_config(path: str | os.PathLike[str], **overrides: Any) -> EGTRCon
     directory = resolve_model(path)
     _model_config_dict(directory)
     try:
-        with _quiet_loading():
+        with quiet_transformers():
             config = EGTRConfig.from_pretrained(directory, **overrides)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelDirectoryError(
@@ -270,7 +226,7 @@ def load_pretrained(
     directory = resolve_model(path, revision=revision, token=token)
     _model_config_dict(directory)
     try:
-        with _quiet_loading():
+        with quiet_transformers():
             loaded: tuple[EGTRForSceneGraphGeneration, dict[str, Any]] = (
                 EGTRForSceneGraphGeneration.from_pretrained(  # type: ignore[assignment]
                     directory,

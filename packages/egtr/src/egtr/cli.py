@@ -35,6 +35,7 @@ from vl_core.cli import (
     non_negative_int,
     positive_int,
     quiet_libraries,
+    report_error_rows,
     run_command,
 )
 
@@ -684,11 +685,10 @@ def _predict(plan: _PredictPlan, args: argparse.Namespace, dist: Dist) -> int:
         printed.close()
     if errors and dist.is_main:
         where = f" (error rows in {plan.out}; rerun to retry them)" if plan.out else ""
-        print(
-            f"{PROG} predict: {errors} of {written} images could not be read{where}",
-            file=sys.stderr,
+        return report_error_rows(
+            f"{PROG} predict", errors, f"of {written} images could not be read", where
         )
-    elif plan.out is not None:
+    if plan.out is not None:
         note(f"{PROG} predict: {written} graphs written to {plan.out}", file=sys.stderr)
     return exit_status(errors)
 

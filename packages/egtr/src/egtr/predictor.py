@@ -126,7 +126,11 @@ class EGTRPredictor:
     def iter_predict(
         self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 1
     ) -> Iterator[SceneGraph]:
-        """Like :meth:`predict`, yielding each graph as soon as its batch is done (same errors)."""
+        """Like :meth:`predict`, yielding each graph as soon as its batch is done.
+
+        Raises what :meth:`predict` raises: ``ImageLoadError`` for an unreadable image and
+        ``ValueError`` when ``batch_size < 1``.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sources = _as_list(images)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,7 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from vl_core.checkpoints import CheckpointError
+from vl_core.checkpoints import CheckpointError, summarise_keys
+from vl_core.cli import quiet_transformers
 from vl_core.clip import ClipBackbone
 from vl_core.hub import WrongModelError, hub_errors, is_offline, looks_like_path
 from vl_core.tokens import ClipTokenizer
@@ -21,31 +21,6 @@ _HINT = (
     "model.safetensors and the tokenizer/preprocessor files, e.g. one written by "
     "`CLIPModel.save_pretrained(dir)` + `CLIPProcessor.save_pretrained(dir)`"
 )
-
-
-@contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' weight-loading progress bars and its load report (they clutter CLI
-    output; a weights mismatch is raised as an error instead), then restore."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if enabled:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-def _some(keys: Sequence[str], shown: int = 4) -> str:
-    """``"a, b, c, d and 7 more"``: the first few of ``keys`` (sorted), then a count."""
-    ordered = sorted(keys)
-    text = ", ".join(ordered[:shown])
-    return text + (f" and {len(ordered) - shown} more" if len(ordered) > shown else "")
 
 
 def _check_loading(name: str, info: dict[str, Any]) -> None:
@@ -58,7 +33,7 @@ def _check_loading(name: str, info: dict[str, Any]) -> None:
     ):
         keys = [k if isinstance(k, str) else str(k[0]) for k in info.get(key) or ()]
         if keys:
-            problems.append(f"{len(keys)} {what} ({_some(keys)})")
+            problems.append(f"{len(keys)} {what} ({summarise_keys(keys, limit=4)})")
     if problems:
         raise CheckpointError(
             f"the weights of {name} do not match a CLIP model: {'; '.join(problems)} tensor(s): "
@@ -148,10 +123,10 @@ class HFClipBackbone(ClipBackbone):
         kwargs: dict[str, Any] = {"local_files_only": is_offline() or local.is_dir()}
         where = str(local) if local.is_dir() else source
         name = f"hf:{source}"
-        with hub_errors(name, _HINT), _quiet_progress():
+        with hub_errors(name, _HINT), quiet_transformers():
             config, _ = PretrainedConfig.get_config_dict(where, **kwargs)
         _check_kind(name, config)  # before loading: another kind would load as a random CLIP
-        with hub_errors(name, _HINT), _quiet_progress():
+        with hub_errors(name, _HINT), quiet_transformers():
             loaded: Any = CLIPModel.from_pretrained(
                 where, attn_implementation="eager", output_loading_info=True, **kwargs
             )

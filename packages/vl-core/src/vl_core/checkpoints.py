@@ -12,10 +12,10 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import safetensors.torch
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "load_state_dict",
     "rename_keys",
     "save_safetensors",
+    "summarise_keys",
 ]
 
 _T = TypeVar("_T")
@@ -55,6 +56,18 @@ class CheckpointMismatchError(CheckpointError):
     def __init__(self, report: LoadReport) -> None:
         super().__init__(f"checkpoint does not match the model:\n{report}")
         self.report = report
+
+
+def summarise_keys(keys: Collection[Any], limit: int = 5) -> str:
+    """``"a, b, c, d, e and 7 more"``: the first ``limit`` of ``keys`` (sorted), then a count.
+
+    Returns the summary (empty for no keys); raises nothing.
+    """
+    names = sorted(str(key) for key in keys)
+    shown = ", ".join(names[:limit])
+    if len(names) > limit:
+        shown += f" and {len(names) - limit} more"
+    return shown
 
 
 @dataclass(frozen=True)

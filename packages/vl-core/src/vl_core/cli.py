@@ -48,6 +48,8 @@ __all__ = [
     "positive_int",
     "probability",
     "quiet_libraries",
+    "quiet_transformers",
+    "report_error_rows",
     "require_extra",
     "run_command",
 ]
@@ -232,6 +234,20 @@ def quiet_libraries(enabled: bool = True) -> Iterator[None]:
             undo()
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Inside the block, hide transformers' log messages below errors (its load report) and its
+    progress bars ("Loading weights"), for code that reports loading problems itself; restored
+    afterwards. Yields nothing; raises ``ImportError`` when transformers is not installed."""
+    restore: list[Callable[[], None]] = []
+    _silence_transformers(restore)
+    try:
+        yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+
+
 def _optional_module(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
@@ -267,6 +283,17 @@ def require_extra(module: str, *, package: str, extra: str, feature: str) -> Mod
 def exit_status(errors: int) -> int:
     """`EXIT_OK` when no row failed, `EXIT_PARTIAL` when ``errors`` rows are error rows."""
     return EXIT_PARTIAL if errors else EXIT_OK
+
+
+def report_error_rows(prog: str, errors: int, what: str, where: str = "") -> int:
+    """When ``errors`` rows are error rows, print ``PROG: <errors> <what><where>`` on stderr (e.g.
+    ``what="pair(s) could not be scored"``, ``where`` the file and how to retry them).
+
+    Returns `exit_status` of ``errors``; raises nothing.
+    """
+    if errors:
+        print(f"{prog}: {errors} {what}{where}", file=sys.stderr)
+    return exit_status(errors)
 
 
 def run_command(

@@ -31,6 +31,7 @@ from typing import IO, Any
 
 __all__ = [
     "ExistingRows",
+    "JSONFileError",
     "OutputExistsError",
     "ResultsFileError",
     "RowWriter",
@@ -42,6 +43,7 @@ __all__ = [
     "error_text",
     "file_fingerprint",
     "id_key",
+    "read_json",
     "read_results",
     "refuse_input_as_output",
     "write_json",
@@ -56,6 +58,67 @@ class ResultsFileError(ValueError):
 
 class OutputExistsError(ResultsFileError):
     """The output path holds a file this command did not write (pass ``--overwrite``)."""
+
+
+class JSONFileError(ValueError):
+    """A JSON input file that cannot be read or parsed; the message names the file and line.
+
+    Raised by `read_json` with what went wrong: ``reason`` is ``"missing"``, ``"directory"``,
+    ``"unreadable"`` (``detail``: the error) or ``"invalid"`` (``detail``: the parser's message, at
+    ``line`` and ``column``), so that a caller can word its own message. Raised with a message only
+    by callers that check the parsed content (``path`` ``None``, ``reason`` ``""``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | None = None,
+        reason: str = "",
+        detail: str = "",
+        line: int = 0,
+        column: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+        self.line = line
+        self.column = column
+
+
+def read_json(
+    path: _StrPath, what: str = "JSON file", *, error: type[JSONFileError] = JSONFileError
+) -> Any:
+    """The parsed content of the JSON file ``path`` (a UTF-8 byte-order mark is ignored).
+
+    Raises ``error`` (`JSONFileError` or a subclass) naming the ``what`` and the file (and the line
+    and column) when it is missing, unreadable, not UTF-8 or not JSON.
+    """
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise error(
+            f"{what} not found ({target}): check the path", path=target, reason="missing"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "directory" if isinstance(exc, IsADirectoryError) else "unreadable"
+        raise error(
+            f"cannot read the {what} ({target}): {exc}", path=target, reason=reason, detail=str(exc)
+        ) from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(
+            f"the {what} is not valid JSON ({target}, line {exc.lineno} column {exc.colno}): "
+            f"{exc.msg}",
+            path=target,
+            reason="invalid",
+            detail=exc.msg,
+            line=exc.lineno,
+            column=exc.colno,
+        ) from exc
 
 
 # -- atomic replacement ---------------------------------------------------------------------------

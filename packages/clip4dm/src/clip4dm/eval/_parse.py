@@ -10,6 +10,7 @@ from typing import Any
 from clip4dm._lines import read_lines
 from clip4dm.eval.errors import DataError
 from clip4dm.eval.samples import BadRecord, Record
+from vl_core import files
 
 
 class RecordError(ValueError):
@@ -22,19 +23,20 @@ def read_json(path: Path) -> Any:
     Raises `DataError` naming the file for any failure (missing, unreadable, not JSON).
     """
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"data file {str(path)!r} not found") from None
-    except IsADirectoryError:
-        raise DataError(f"data path {str(path)!r} is a directory, expected a JSON file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read data file {str(path)!r}: {exc}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path.name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-        ) from exc
+        return files.read_json(path, "data file")
+    except files.JSONFileError as exc:
+        raise DataError(_data_file_message(path, exc)) from exc
+
+
+def _data_file_message(path: Path, exc: files.JSONFileError) -> str:
+    """The `DataError` message for a JSON data file that `vl_core.files.read_json` refused."""
+    if exc.reason == "missing":
+        return f"data file {str(path)!r} not found"
+    if exc.reason == "directory":
+        return f"data path {str(path)!r} is a directory, expected a JSON file"
+    if exc.reason == "invalid":
+        return f"{path.name}: not valid JSON ({exc.detail} at line {exc.line}, column {exc.column})"
+    return f"cannot read data file {str(path)!r}: {exc.detail}"
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any | RecordError]]:

@@ -16,7 +16,14 @@ from typing import Any
 
 from clip4dm.eval.nli import DEFAULT_NLI_MODEL
 from clip4dm.eval.samples import available_benchmarks, get_benchmark
-from vl_core.cli import EXIT_OK, Parser, UsageError, deprecated_alias, exit_status, positive_int
+from vl_core.cli import (
+    EXIT_OK,
+    Parser,
+    UsageError,
+    deprecated_alias,
+    positive_int,
+    report_error_rows,
+)
 
 __all__ = ["add_eval_parser", "eval_command", "main"]
 
@@ -181,13 +188,13 @@ def eval_command(args: argparse.Namespace) -> int:
         shown = {k: v for k, v in metrics.items() if k in ("LA", "AP", "NLI")}
         print(f"  [{group}] " + json.dumps(shown))
     print(f"clip4dm eval: wrote {summary.out_dir / 'result.json'}")
-    if summary.error_rows:
-        print(
-            f"clip4dm eval: {summary.error_rows} sample(s) could not be scored: see 'errors' in "
-            f"{summary.out_dir / 'result.json'}; fix them and rerun the command to retry them",
-            file=sys.stderr,
-        )
-    return exit_status(summary.error_rows)
+    return report_error_rows(
+        "clip4dm eval",
+        summary.error_rows,
+        "sample(s) could not be scored",
+        f": see 'errors' in {summary.out_dir / 'result.json'}; fix them and rerun the command to "
+        "retry them",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

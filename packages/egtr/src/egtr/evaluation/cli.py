@@ -22,11 +22,11 @@ from vl_core.cli import (
     add_quiet_option,
     deprecated_alias,
     device_name,
-    exit_status,
     finite_float,
     non_negative_int,
     positive_int,
     quiet_libraries,
+    report_error_rows,
     run_command,
 )
 
@@ -239,10 +239,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     errors = int(result.get("errors", 0))
-    if errors:
-        what = "skipped" if args.fps else "error rows, left out of the metrics"
-        print(f"{PROG}: {errors} image(s) could not be read ({what})", file=sys.stderr)
-    return exit_status(errors)
+    what = "skipped" if args.fps else "error rows, left out of the metrics"
+    return report_error_rows(PROG, errors, "image(s) could not be read", f" ({what})")
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from egtr.builders import load_pretrained
+from egtr.configuration import EGTRConfig
 from egtr.data.base import SceneGraphDataset, Target, _clip_xyxy
 from egtr.data.collate import collate
 from egtr.data.openimages import OpenImagesDataset
@@ -204,13 +205,11 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         return _evaluate(options, kind, dist)
 
 
-def _evaluate(options: EvalOptions, kind: str, dist: Dist) -> dict[str, Any]:
-    start = time.perf_counter()
-    model, device = load_model(options, device_for_rank(options.device, dist))
-    config = model.config
-    min_size = options.min_size or config.image_min_size
-    max_size = options.max_size or config.image_max_size
-    dataset = load_eval_dataset(
+def _load_split(
+    options: EvalOptions, kind: str, config: EGTRConfig, min_size: int, max_size: int
+) -> SceneGraphDataset:
+    """``options.split`` of ``options.data``, images resized and normalised for the model."""
+    return load_eval_dataset(
         options.data,
         kind,
         options.split,
@@ -220,6 +219,15 @@ def _evaluate(options: EvalOptions, kind: str, dist: Dist) -> dict[str, Any]:
         std=config.image_std,
         image_dir=options.image_dir,
     )
+
+
+def _evaluate(options: EvalOptions, kind: str, dist: Dist) -> dict[str, Any]:
+    start = time.perf_counter()
+    model, device = load_model(options, device_for_rank(options.device, dist))
+    config = model.config
+    min_size = options.min_size or config.image_min_size
+    max_size = options.max_size or config.image_max_size
+    dataset = _load_split(options, kind, config, min_size, max_size)
     _check_label_spaces(dataset, model)
     out_dir = output_folder(options)
     seen = _seen_triplets(options, kind, dataset) if options.zero_shot and kind == "vg" else None
@@ -588,16 +596,7 @@ def measure_fps(
     kind = detect_dataset_kind(options.data) if options.dataset == "auto" else options.dataset
     model, device = load_model(options)
     config = model.config
-    dataset = load_eval_dataset(
-        options.data,
-        kind,
-        options.split,
-        min_size=min_size,
-        max_size=max_size,
-        mean=config.image_mean,
-        std=config.image_std,
-        image_dir=options.image_dir,
-    )
+    dataset = _load_split(options, kind, config, min_size, max_size)
     out_dir = output_folder(options)
     settings = {
         "dataset": kind,
