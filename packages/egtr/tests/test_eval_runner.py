@@ -102,6 +102,12 @@ def test_eval_vg_end_to_end(
     for key in ("R@50", "mR@100", "mR@20_all_predicates", "zR@50"):
         assert key in sgdet
     assert "R@100" in result["metrics"]["sgdet_unconstrained"]
+    # the graph-constrained ceiling is printed right after each R@K, and only for that section
+    keys = list(headline)
+    assert keys[keys.index("R@20") + 1] == "R@20_ceiling"
+    assert headline["R@20_ceiling"] == sgdet["R@20_ceiling"]
+    assert 0 < sgdet["R@20_ceiling"] <= 1
+    assert "ng_R@20_ceiling" not in headline
     assert 0 < result["metrics"]["detection"]["AP50"] <= 1
     assert result["settings"]["detections"] == "sigmoid_topk"
 

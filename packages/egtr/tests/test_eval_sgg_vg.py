@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from test_eval_boxes import literal_iou
 
 from egtr.evaluation import GroundTruth, PredictedTriplets, SGGEvaluator, triplet_hits
+from egtr.evaluation.sgg_vg import ceiling_is_exact, graph_constrained_ceiling
 
 
 def _hand_case() -> list[tuple[GroundTruth, PredictedTriplets]]:
@@ -178,3 +180,104 @@ def test_hit_matrix_matches_the_literal_test() -> None:
             [_literal_hit(gt, g, pred, t) for t in range(len(pred))] for g in range(len(gt.rels))
         ]
         assert hits.tolist() == expected
+
+
+def test_graph_constrained_ceiling_of_a_shared_pair() -> None:
+    # three relations share the pair (0, 1), one is alone: one predicate per pair hits 2 of 4
+    gt = GroundTruth.create(
+        [[0, 0, 9, 9], [20, 20, 29, 29], [40, 40, 49, 49]],
+        [0, 1, 2],
+        [[0, 1, 0], [0, 1, 1], [0, 1, 2], [1, 2, 0]],
+    )
+    assert graph_constrained_ceiling(gt, (1, 2, 5)).tolist() == [0.25, 0.5, 0.5]
+    assert ceiling_is_exact(gt)
+    image_b = GroundTruth.create([[0, 0, 9, 9], [20, 20, 29, 29]], [0, 1], [[0, 1, 3]])
+    empty = GroundTruth.create([[0, 0, 5, 5]], [0], np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="at least one GT relation"):
+        graph_constrained_ceiling(empty, (1,))
+    pred = PredictedTriplets.create([[0, 0, 9, 9]], [0], [0], [0], [0])
+    graph = SGGEvaluator(4, ks=(1, 2, 5), graph_constrained=True)
+    free = SGGEvaluator(4, ks=(1, 2, 5))
+    for evaluator in (graph, free):
+        for image in (gt, image_b, empty):
+            evaluator.add(image, pred)
+    result = graph.compute()
+    # averaged like R@K: over the two images with relations
+    assert result["R@1_ceiling"] == pytest.approx((0.25 + 1) / 2)
+    assert result["R@2_ceiling"] == result["R@5_ceiling"] == pytest.approx(0.75)
+    assert result["ceiling_inexact_images"] == 0
+    assert list(result)[:6] == ["R@1", "R@1_ceiling", "R@2", "R@2_ceiling", "R@5", "R@5_ceiling"]
+    unconstrained = free.compute()
+    assert not any("ceiling" in key for key in unconstrained)
+    # only new keys: every other number is the unconstrained-style evaluator's
+    assert {k: v for k, v in result.items() if "ceiling" not in k} == unconstrained
+
+
+def test_ceiling_flags_boxes_one_prediction_can_hit_twice() -> None:
+    # two identical same-label subjects: one predicted triplet hits both relations
+    twins = GroundTruth.create(
+        [[0, 0, 9, 9], [0, 0, 9, 9], [20, 20, 29, 29]], [0, 0, 1], [[0, 2, 0], [1, 2, 0]]
+    )
+    pred = PredictedTriplets.create([[0, 0, 9, 9], [20, 20, 29, 29]], [0, 1], [0], [1], [0])
+    assert triplet_hits(twins, pred).sum() == 2  # recall 1 > the formula's 1/2 at K=1
+    assert graph_constrained_ceiling(twins, (1,)).tolist() == [0.5]
+    assert not ceiling_is_exact(twins)
+    # touching boxes: [0, 0, 9, 9] has IoU exactly 0.5 with both halves
+    halves = GroundTruth.create([[0, 0, 4, 9], [5, 0, 9, 9]], [0, 0], [[0, 1, 0]])
+    both = PredictedTriplets.create([[0, 0, 9, 9]], [0], [0], [0], [0])
+    assert triplet_hits(GroundTruth.create(halves.boxes, halves.labels, [[0, 0, 0]]), both).all()
+    assert literal_iou([0, 0, 9, 9], [5, 0, 9, 9]) == 0.5
+    assert not ceiling_is_exact(halves)
+    apart = GroundTruth.create([[0, 0, 4, 9], [6, 0, 9, 9]], [0, 0], [[0, 1, 0]])
+    assert ceiling_is_exact(apart)
+    assert not ceiling_is_exact(apart, iou_threshold=0.3)
+    evaluator = SGGEvaluator(1, ks=(1,), graph_constrained=True)
+    evaluator.add(twins, pred)
+    assert evaluator.compute()["ceiling_inexact_images"] == 1
+
+
+def _best_graph_constrained_hits(gt: GroundTruth, k: int, num_predicates: int) -> int:
+    """Literal search: a perfect detector (one predicted object per GT object), every choice of
+    at most one predicate per ordered pair of predicted objects, at most ``k`` triplets."""
+    objects = len(gt.labels)
+    pairs = [(s, o) for s in range(objects) for o in range(objects) if s != o]
+    best = 0
+    for choice in itertools.product(range(-1, num_predicates), repeat=len(pairs)):
+        chosen = [(pair, p) for pair, p in zip(pairs, choice, strict=True) if p >= 0]
+        if len(chosen) > k:
+            continue
+        pred = PredictedTriplets.create(
+            gt.boxes,
+            gt.labels,
+            [s for (s, _), _ in chosen],
+            [o for (_, o), _ in chosen],
+            [p for _, p in chosen],
+        )
+        best = max(best, int(triplet_hits(gt, pred).any(axis=1).sum()))
+    return best
+
+
+def test_ceiling_matches_a_literal_search_on_random_data() -> None:
+    rng = np.random.default_rng(7)
+    checked = 0
+    while checked < 6:
+        objects = 3
+        corners = rng.permutation(9)[:objects] * 20.0  # apart: no clash
+        boxes = np.stack([corners, corners, corners + 9, corners + 9], axis=1)
+        labels = rng.integers(0, 2, objects)
+        rels = [
+            (s, o, p)
+            for s in range(objects)
+            for o in range(objects)
+            for p in range(2)
+            if s != o and rng.random() < 0.4
+        ]
+        if not rels:
+            continue
+        gt = GroundTruth.create(boxes, labels, rels)
+        assert ceiling_is_exact(gt)
+        ks = (1, 2, 3, 6)
+        ceiling = graph_constrained_ceiling(gt, ks)
+        for k, value in zip(ks, ceiling, strict=True):
+            assert value == pytest.approx(_best_graph_constrained_hits(gt, k, 2) / len(gt.rels))
+        checked += 1

@@ -40,7 +40,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="SGG metrics of a model on VG / Open Images (or --fps throughput)",
         description=(
             "Evaluate a model directory on a data split: writes predictions.jsonl and "
-            "result.json (R@K, mR@K, zR@K graph-constrained and unconstrained, AP50; Open "
+            "result.json (R@K, mR@K, zR@K graph-constrained and unconstrained, the "
+            "graph-constrained R@K ceiling R@K_ceiling, AP50; Open "
             "Images: microR@50, wmAP_rel, wmAP_phr, score_wtd). Running the same command again "
             "resumes an interrupted run; under torchrun (torchrun --nproc-per-node N -m egtr "
             "eval ...) the processes share the images. With --fps: forward-only images/s at "

@@ -397,7 +397,9 @@ def _metrics_from_rows(
     names: Sequence[str],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The metrics of the prediction rows (in input order) and the error rows."""
-    constrained = SGGEvaluator(len(names), seen_triplets=seen, predicate_names=names)
+    constrained = SGGEvaluator(
+        len(names), seen_triplets=seen, predicate_names=names, graph_constrained=True
+    )
     unconstrained = SGGEvaluator(len(names), seen_triplets=seen, predicate_names=names)
     oi_eval = (
         OIEvaluator(len(names), predicate_names=names, ap_overlap=options.oi_ap_overlap)
