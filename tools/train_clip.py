@@ -30,7 +30,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -160,10 +160,74 @@ def load_pixels(world: Path, rows: Sequence[dict[str, Any]], processor: Any, cac
     return pixels
 
 
+def row_scene(row: dict[str, Any]) -> Any:
+    """The :class:`tools.world.scene.Scene` of a ``scenes/*.jsonl`` row (shapes only: captions
+    and foils are decided on the boxes, so the background is a placeholder)."""
+    from tools.world.scene import Background, Scene, Shape
+
+    shapes = []
+    for s in row["shapes"]:
+        x, y, w, h = s["bbox"]
+        shapes.append(
+            Shape(s["shape"], s["colour"], s["size"], (x, y, x + w, y + h), tuple(s["rgb"]))
+        )
+    return Scene(int(row["width"]), Background("flat", (0, 0, 0), (0, 0, 0), 0.0, 0.0, 0), shapes)
+
+
+def _sized(scene: Any, mention: Any, rng: np.random.Generator, p: float) -> Any:
+    """``mention`` with its shape's size word added (probability ``p``) when it has none and
+    the shape is small or large: the caption stays true."""
+    from tools.world.captions import SIZE_WORDS
+
+    if mention.size is not None or rng.random() >= p:
+        return mention
+    for shape in scene.shapes:
+        same = shape.colour == mention.colour and shape.shape == mention.shape
+        if same and shape.size in SIZE_WORDS:
+            return replace(mention, size=shape.size)
+    return mention
+
+
+def fresh_caption(
+    scene: Any, rng: np.random.Generator, per_kind: int, size_word_p: float = 0.0
+) -> tuple[str, list[str]] | None:
+    """A new true caption of ``scene`` and up to ``per_kind`` foils of EVERY foil kind it allows
+    (the world's own grammar and foil rules, ``tools/world/captions.py``); with
+    ``size_word_p``, small and large shapes are named with their size word more often."""
+    from tools.world.captions import foil_candidates, true_captions
+
+    found = true_captions(scene, rng, 1)
+    if not found:
+        return None
+    caption = found[0]
+    if size_word_p > 0:  # say the size of small and large shapes more often (size foils need it)
+        caption = replace(
+            caption,
+            first=_sized(scene, caption.first, rng, size_word_p),
+            second=_sized(scene, caption.second, rng, size_word_p),
+        )
+    by_kind: dict[str, list[str]] = {}
+    for foil in foil_candidates(scene, caption):
+        by_kind.setdefault(foil.kind, []).append(foil.caption.text)
+    foils: list[str] = []
+    for kind in sorted(by_kind):
+        options = by_kind[kind]
+        picks = rng.choice(len(options), size=min(per_kind, len(options)), replace=False)
+        foils.extend(options[int(p)] for p in picks)
+    return caption.text, foils
+
+
 def sample_batch(
-    rows: Sequence[dict[str, Any]], step: int, args: argparse.Namespace
+    rows: Sequence[dict[str, Any]],
+    step: int,
+    args: argparse.Namespace,
+    scenes: Sequence[Any] | None = None,
 ) -> tuple[list[int], list[str], list[str], list[int]]:
-    """Image indices, their captions, the foils and each foil's image (from the step's rng)."""
+    """Image indices, their captions, the foils and each foil's image (from the step's rng).
+
+    With ``scenes`` (``--fresh-captions``), each image gets a newly sampled true caption and
+    ``--foils-per-kind`` foils of every kind; otherwise one of its three stored captions and that
+    caption's ``--foils`` stored foils."""
     rng = np.random.default_rng([args.seed, step])
     index = rng.choice(len(rows), size=args.batch, replace=False).tolist()
     captions: list[str] = []
@@ -171,11 +235,21 @@ def sample_batch(
     owners: list[int] = []
     for b, i in enumerate(index):
         row = rows[i]
-        k = int(rng.integers(len(row["captions"])))
         prefix = TEMPLATE if rng.random() < args.template_p else ""
-        captions.append(prefix + row["captions"][k])
-        for foil in row["foils"][k][: args.foils]:
-            foils.append(prefix + foil["caption"])
+        fresh = (
+            fresh_caption(scenes[i], rng, args.foils_per_kind, args.size_word_p)
+            if scenes is not None
+            else None
+        )
+        if fresh is not None:
+            caption, own = fresh
+        else:
+            k = int(rng.integers(len(row["captions"])))
+            caption = row["captions"][k]
+            own = [foil["caption"] for foil in row["foils"][k][: args.foils]]
+        captions.append(prefix + caption)
+        for foil in own:
+            foils.append(prefix + foil)
             owners.append(b)
     return index, captions, foils, owners
 
@@ -205,13 +279,14 @@ def encode(model: Any, pixels: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, Ten
 @dataclass(frozen=True)
 class SceneTargets:
     """Targets of the auxiliary heads, per training image: which colour+shape kinds are present
-    ``[N, K]``, their box centres ``[N, K, 2]`` in 0..1, and per patch the colour and the shape
-    under the patch centre ``[N, P]`` (0 = background)."""
+    ``[N, K]``, their box centres ``[N, K, 2]`` in 0..1, per patch the colour and the shape
+    under the patch centre ``[N, P]`` (0 = background), and each present kind's size class."""
 
     present: Tensor
     centres: Tensor
     patch_colour: Tensor
     patch_shape: Tensor
+    sizes: Tensor  # [N, K] size class (0 small, 1 medium, 2 large) of each present kind
 
     def to(self, device: torch.device) -> SceneTargets:
         return SceneTargets(*(getattr(self, f.name).to(device) for f in fields(self)))
@@ -221,7 +296,7 @@ class SceneTargets:
 
 
 def scene_targets(rows: Sequence[dict[str, Any]], grid: int) -> SceneTargets:
-    from tools.world.scene import COLOURS, SHAPES, shape_mask
+    from tools.world.scene import COLOURS, SHAPES, SIZE_ORDER, shape_mask
 
     colours = list(COLOURS)
     kinds = {(c, s): k for k, (c, s) in enumerate((c, s) for c in COLOURS for s in SHAPES)}
@@ -229,6 +304,7 @@ def scene_targets(rows: Sequence[dict[str, Any]], grid: int) -> SceneTargets:
     centres = torch.zeros(len(rows), len(kinds), 2)
     patch_colour = torch.zeros(len(rows), grid * grid, dtype=torch.long)
     patch_shape = torch.zeros(len(rows), grid * grid, dtype=torch.long)
+    sizes = torch.zeros(len(rows), len(kinds), dtype=torch.long)
     for n, row in enumerate(rows):
         size = row["width"]
         points = ((np.arange(grid) + 0.5) * size / grid).astype(int)
@@ -236,30 +312,36 @@ def scene_targets(rows: Sequence[dict[str, Any]], grid: int) -> SceneTargets:
             k = kinds[(shape["colour"], shape["shape"])]
             x, y, w, h = shape["bbox"]
             present[n, k] = 1.0
+            sizes[n, k] = SIZE_ORDER.index(shape["size"])
             centres[n, k] = torch.tensor([(x + w / 2) / size, (y + h / 2) / row["height"]])
             mask = shape_mask(shape["shape"], (x, y, x + w, y + h), size)
             covered = torch.from_numpy(mask[np.ix_(points, points)].reshape(-1) > 0.5)
             patch_colour[n][covered] = colours.index(shape["colour"]) + 1
             patch_shape[n][covered] = SHAPES.index(shape["shape"]) + 1
-    return SceneTargets(present, centres, patch_colour, patch_shape)
+    return SceneTargets(present, centres, patch_colour, patch_shape, sizes)
 
 
 class AuxHeads(torch.nn.Module):
     """Auxiliary heads on the vision tower (not released): from the pooled output, presence and
-    centre of each colour+shape kind; from each patch token, the colour and shape under it."""
+    centre of each colour+shape kind (and, with ``sizes``, its size class); from each patch
+    token, the colour and shape under it."""
 
-    def __init__(self, width: int, kinds: int, colours: int, shapes: int) -> None:
+    def __init__(self, width: int, kinds: int, colours: int, shapes: int, sizes: int = 0) -> None:
         super().__init__()
-        self.kinds, self.colours = kinds, colours
-        self.pooled = torch.nn.Linear(width, kinds * 3)
+        self.kinds, self.colours, self.sizes = kinds, colours, sizes
+        self.pooled = torch.nn.Linear(width, kinds * (3 + sizes))
         self.patches = torch.nn.Linear(width, colours + 1 + shapes + 1)
 
     def forward(self, pooled: Tensor, patches: Tensor, target: SceneTargets) -> Tensor:
-        out = self.pooled(pooled).view(len(pooled), self.kinds, 3)
+        out = self.pooled(pooled).view(len(pooled), self.kinds, 3 + self.sizes)
         presence = F.binary_cross_entropy_with_logits(out[..., 0], target.present)
         mask = target.present.unsqueeze(-1)
-        where = ((torch.sigmoid(out[..., 1:]) - target.centres) ** 2 * mask).sum()
+        where = ((torch.sigmoid(out[..., 1:3]) - target.centres) ** 2 * mask).sum()
         where = where / mask.sum().clamp(min=1)
+        if self.sizes:
+            logits = out[..., 3:][target.present > 0]
+            if len(logits):
+                presence = presence + F.cross_entropy(logits, target.sizes[target.present > 0])
         dense = self.patches(patches)
         split = self.colours + 1
         colour = F.cross_entropy(dense[..., :split].flatten(0, 1), target.patch_colour.flatten())
@@ -279,6 +361,20 @@ def contrastive_loss(
     with torch.no_grad():
         acc = (logits.argmax(dim=1) == target).float().mean().item()
     return (loss_i + loss_t) / 2, {"acc_i2t": acc, "scale": float(scale.detach())}
+
+
+def pair_loss(image: Tensor, text: Tensor, owners: Sequence[int], scale: Tensor) -> Tensor:
+    """Each image against its own caption and its own foils only: cross-entropy with the caption
+    as the answer (the one-word decision clip4dm's read-out needs), averaged over images."""
+    batch = len(image)
+    owner = torch.as_tensor(list(owners), dtype=torch.long, device=image.device)
+    own = scale * (image * text[:batch]).sum(-1)  # [B]
+    foil = scale * (image[owner] * text[batch:]).sum(-1)  # [F]
+    # per image: logsumexp over {caption} + its foils, minus the caption's logit
+    stacked = torch.full((batch, 1 + len(owner)), float("-inf"), device=image.device)
+    stacked[:, 0] = own
+    stacked[owner, 1 + torch.arange(len(owner), device=image.device)] = foil
+    return (torch.logsumexp(stacked, dim=1) - own).mean()
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -330,7 +426,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from tools.world.scene import COLOURS, SHAPES
 
     targets = scene_targets(rows, args.image_size // args.patch).to(device)
-    head = AuxHeads(args.vision_width, len(COLOURS) * len(SHAPES), len(COLOURS), len(SHAPES))
+    head = AuxHeads(
+        args.vision_width,
+        len(COLOURS) * len(SHAPES),
+        len(COLOURS),
+        len(SHAPES),
+        sizes=3 if args.aux_size else 0,
+    )
+    scenes = [row_scene(row) for row in rows] if args.fresh_captions else None
     # one module for the optimizer and checkpoints; only ``clip`` is released
     trainable = torch.nn.ModuleDict({"clip": model, "aux": head}).to(device).train()
     pixels = pixels.to(device)
@@ -368,13 +471,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     running: list[float] = []
     while state["step"] < args.steps:
         step = state["step"]
-        index, captions, foils, _ = sample_batch(rows, step, args)
+        index, captions, foils, owners = sample_batch(rows, step, args, scenes)
         ids = tokenizer(captions + foils, padding="longest", return_tensors="pt")["input_ids"]
         ids = ids.to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args)
         image, text, pooled, patches = encode(model, pixels[index].float(), ids)
         loss, info = contrastive_loss(model, image, text, len(index))
+        if args.pair_loss > 0 and owners:
+            scale = model.logit_scale.exp().clamp(max=100.0)
+            loss = loss + float(args.pair_loss) * pair_loss(image, text, owners, scale)
         if args.aux > 0:
             extra = head(pooled, patches, targets.select(index))
             loss = loss + float(args.aux) * extra
@@ -618,7 +724,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--foils", type=int, default=2, help="hard-negative foils per image")
+    p.add_argument(
+        "--foils",
+        type=int,
+        default=2,
+        help="stored hard-negative foils per image (without --fresh-captions)",
+    )
+    p.add_argument(
+        "--fresh-captions",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sample a new true caption per image and step, with foils of every kind",
+    )
+    p.add_argument("--foils-per-kind", type=int, default=1, help="with --fresh-captions")
+    p.add_argument(
+        "--size-word-p",
+        type=float,
+        default=0.5,
+        help="with --fresh-captions: extra chance to name a small/large shape's size",
+    )
+    p.add_argument(
+        "--pair-loss",
+        type=float,
+        default=1.0,
+        help="weight of the caption-vs-own-foils loss (0 = off)",
+    )
+    p.add_argument(
+        "--aux-size",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the auxiliary head also predicts each shape's size class",
+    )
     p.add_argument("--template-p", type=float, default=0.75)
     p.add_argument(
         "--aux",

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train",
         type=int,
-        default=2000,
+        default=5000,
         help="training images to generate when the world is missing",
     )
     parser.add_argument(

@@ -101,6 +101,28 @@ def test_trimmed_text_gives_the_plain_outputs(
         assert a.ref_clip_score == pytest.approx(b.ref_clip_score, rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_fast_image_path_gives_the_plain_outputs(
+    tiny_hf_dir: Path, images: list[Image.Image], dtype: torch.dtype
+) -> None:
+    # vl_core._hf_vision: the last vision layer for the class token only, fused attention
+    backbone = _hf(tiny_hf_dir, dtype)
+    assert backbone.fast_image  # type: ignore[attr-defined]
+    detector = CLIP4DM(backbone, epsilon=0.0)
+    fast = [
+        *detector.detect_batch(images, CAPTIONS, batch_size=2),
+        detector.detect(images[0], "two dogs"),
+    ]
+    backbone.fast_image = False  # type: ignore[attr-defined]
+    plain = [
+        *detector.detect_batch(images, CAPTIONS, batch_size=2),
+        detector.detect(images[0], "two dogs"),
+    ]
+    for a, b in zip(fast, plain, strict=True):
+        # fp64 too only to 1e-6: the plain path's eager softmax runs in float32 (HF)
+        assert_same_outputs(a, b, rel=1e-5 if dtype == torch.float32 else 1e-6)
+
+
 def test_trimmed_relevance_equals_the_plain_relevance(
     tiny_hf_dir: Path, images: list[Image.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from vl_core._hf_vision import pooled_image_features
 from vl_core.checkpoints import CheckpointError, summarise_keys
 from vl_core.cli import quiet_transformers
 from vl_core.clip import ClipBackbone
@@ -92,6 +93,10 @@ class HFClipBackbone(ClipBackbone):
     # CLIPTextTransformer always applies a causal mask and pools at the (first) end-of-text id,
     # with position ids taken from the start of its table whatever the sequence length.
     trims_text_padding = True
+    #: `encode_image` computes the pooled image features with `vl_core._hf_vision` (the last
+    #: layer for the class token only, fused attention); ``False`` runs the model's own forward.
+    #: Either way the value is the same up to rounding.
+    fast_image: bool = True
 
     def __init__(
         self,
@@ -153,8 +158,12 @@ class HFClipBackbone(ClipBackbone):
         return cast(Tensor, batch["pixel_values"]).to(self.device, self.dtype)
 
     def encode_image(self, pixels: Tensor) -> Tensor:
-        out = self._clip.vision_model(pixel_values=pixels.to(self.device, self.dtype))
-        return cast(Tensor, self._clip.visual_projection(out.pooler_output))
+        pixels = pixels.to(self.device, self.dtype)
+        if self.fast_image:  # exact, with less work: see vl_core._hf_vision
+            pooled = pooled_image_features(self._clip.vision_model, pixels)
+        else:
+            pooled = self._clip.vision_model(pixel_values=pixels).pooler_output
+        return cast(Tensor, self._clip.visual_projection(pooled))
 
     def encode_text(self, ids: Tensor) -> Tensor:
         out = self._clip.text_model(input_ids=ids.to(self.device))
