@@ -106,8 +106,17 @@ def run_clip4dm(out: Path) -> None:
         *model,
     )
     truth = {str(row["id"]): row.get("foil_word") for row in rows}
+    hits = foiled = 0
     for row in _read_jsonl(results):
-        print(f"  {_summary(row)}   (foil word: {truth.get(str(row.get('id'))) or '-'})")
+        foil_word = truth.get(str(row.get("id")))
+        verdict = ""
+        if foil_word and "error" not in row:
+            foiled += 1
+            hit = [w["word"] for w in row["misaligned"]] == [foil_word]
+            hits += hit
+            verdict = " RIGHT" if hit else " WRONG"
+        print(f"  {_summary(row)}   (foil word: {foil_word or '-'}){verdict}")
+    print(f"  the lowest word is the foil word in {hits} of {foiled} foiled captions")
 
 
 def run_egtr(out: Path) -> None:
@@ -134,13 +143,77 @@ def run_egtr(out: Path) -> None:
         "cpu",
         "--quiet",
     )
+    scenes = {row["file_name"]: row for row in _read_jsonl(SAMPLES / "scenes" / "test.jsonl")}
+    exact = true_top = shown = 0
     for image, graph in zip(images, _read_jsonl(graphs), strict=True):
-        names = [obj["label_name"] for obj in graph["objects"]]
+        check = graph_check(graph, scenes[image.name])
+        exact += check["exact"]
+        true_top += sum(check["top_true"])
+        shown += len(check["top_true"])
         triplets = [
-            f"{names[r['subject']]} {r['predicate_name']} {names[r['object']]}"
-            for r in graph["relations"][:3]
+            f"{text} {'(true)' if ok else '(FALSE)'}"
+            for text, ok in zip(check["top"], check["top_true"], strict=True)
         ]
-        print(f"  {image.name}: {len(graph['objects'])} objects; " + "; ".join(triplets))
+        print(f"  {image.name}: {check['summary']}")
+        if triplets:
+            print("    top relations: " + "; ".join(triplets))
+    print(
+        f"  one box per shape, each named right: {exact} of {len(images)} images; "
+        f"top relations true: {true_top} of {shown}"
+    )
+
+
+def graph_check(graph: dict[str, Any], scene: dict[str, Any], top: int = 3) -> dict[str, Any]:
+    """Compare one predicted scene graph with the sample's drawn shapes: each shape is found by
+    the object with the right name at IoU >= 0.5; objects that find no shape are extra. The top
+    relations are true when both objects found shapes and the scene holds the predicate."""
+    shapes = []
+    for shape in scene["shapes"]:
+        x, y, w, h = shape["bbox"]
+        shapes.append((shape["shape"], (x, y, x + w, y + h)))
+    found: dict[int, int] = {}  # object -> shape
+    for k, obj in enumerate(graph["objects"]):
+        for j, (name, box) in enumerate(shapes):
+            if (
+                j not in found.values()
+                and obj["label_name"] == name
+                and _iou(obj["box"], box) >= 0.5
+            ):
+                found[k] = j
+                break
+    missed = [shapes[j][0] for j in range(len(shapes)) if j not in found.values()]
+    extra = [obj["label_name"] for k, obj in enumerate(graph["objects"]) if k not in found]
+    truth = {(int(i), int(j), str(p)) for i, j, p in scene["relations"]}
+    names = [obj["label_name"] for obj in graph["objects"]]
+    texts, true = [], []
+    for rel in graph["relations"][:top]:
+        s, o = rel["subject"], rel["object"]
+        texts.append(f"{names[s]} {rel['predicate_name']} {names[o]}")
+        true.append(
+            s in found and o in found and (found[s], found[o], rel["predicate_name"]) in truth
+        )
+    summary = f"{len(graph['objects'])} objects for {len(shapes)} shapes"
+    if not missed and not extra:
+        summary += " (each shape found once, named right)"
+    else:
+        if missed:
+            summary += f"; MISSED {', '.join(missed)}"
+        if extra:
+            summary += f"; EXTRA {', '.join(extra)}"
+    return {
+        "exact": not missed and not extra,
+        "summary": summary,
+        "top": texts,
+        "top_true": true,
+    }
+
+
+def _iou(a: list[float], b: tuple[float, float, float, float]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _summary(row: dict[str, Any]) -> str:
