@@ -108,6 +108,8 @@ def test_info_takes_model_and_keeps_the_positional_for_a_release(
         (["--workers", "-1"], "--workers"),
         (["--object-threshold", "high"], "--object-threshold"),
         (["--object-threshold", "nan"], "--object-threshold"),
+        (["--relation-threshold", "2"], "--relation-threshold"),
+        (["--relation-threshold", "-0.1"], "--relation-threshold"),
         (["--device", "gpu"], "--device"),
         (["--dtype", "fp8"], "--dtype"),
     ],
@@ -132,6 +134,18 @@ def test_bad_arguments_are_usage_errors_that_touch_nothing(
     assert "Traceback" not in err
     assert keep.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.png", "keep.jsonl"]
+
+
+def test_an_out_of_range_relation_threshold_is_a_one_line_usage_error(
+    tiny_model_dir: Path, images: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["predict", str(images[0]), "--model", str(tiny_model_dir), "--relation-threshold", "2"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith("egtr predict: error: argument --relation-threshold: ")
+    assert "expected a score in [0, 1] or 'none', got '2'" in line
 
 
 def test_an_unavailable_device_is_a_usage_error(
@@ -230,6 +244,41 @@ def test_predict_json_to_stdout(
     assert len(record["objects"]) == 2  # only the two objects of the one relation
 
 
+def test_predict_relation_threshold_keeps_relations_scoring_at_least_it(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "c.png"
+    make_image(64, 64, 3).save(image)
+    argv = ["predict", str(image), "--model", str(tiny_model_dir), "--json", "--quiet"]
+    argv += ["--top-k", "5", "--object-threshold", "none"]
+    assert main([*argv, "--relation-threshold", "none"]) == 0
+    (full,) = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0  # no flag: the same as 'none', every top-k relation
+    assert json.loads(capsys.readouterr().out) == [full]
+    scores = [r["score"] for r in full["relations"]]
+    assert len(scores) == 5
+    threshold = (scores[1] + scores[2]) / 2
+    assert main([*argv, "--relation-threshold", repr(threshold)]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert [r["score"] for r in record["relations"]] == scores[:2]
+    objects = full["objects"]
+    kept = [(objects[r["subject"]], objects[r["object"]]) for r in full["relations"][:2]]
+    assert [
+        (record["objects"][r["subject"]], record["objects"][r["object"]])
+        for r in record["relations"]
+    ] == kept
+    assert len(record["objects"]) == len({o["query"] for pair in kept for o in pair})
+    # with --out, the run manifest records it
+    out = tmp_path / "graphs.jsonl"
+    base = ["predict", str(image), "--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    assert main([*base, "--relation-threshold", "0.25"]) == 0
+    manifest = json.loads((tmp_path / "graphs.jsonl.run.json").read_text())
+    assert manifest["relation_threshold"] == 0.25
+    relations = _rows(out)[0]["relations"]
+    assert isinstance(relations, list)
+    assert all(r["score"] >= 0.25 for r in relations)
+
+
 def test_predict_summary_to_stdout(
     tiny_model_dir: Path, images: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -324,6 +373,41 @@ def test_predict_refuses_a_resume_with_other_settings(
     rows = _rows(out)
     assert [r["id"] for r in rows] == [str(first), str(second)]
     assert all(len(r["relations"]) == 2 for r in rows)  # type: ignore[arg-type]
+
+
+def test_predict_refuses_a_resume_with_another_relation_threshold(
+    tiny_model_dir: Path,
+    images: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first, second = images
+    out = tmp_path / "graphs.jsonl"
+    manifest = tmp_path / "graphs.jsonl.run.json"
+    base = ["--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    assert main(["predict", str(first), *base]) == 0
+    assert json.loads(manifest.read_text())["relation_threshold"] is None
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["predict", str(first), str(second), *base, "--relation-threshold", "0.5"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "relation_threshold: null -> 0.5" in line
+    assert "--overwrite" in line
+    assert out.read_bytes() == before
+    # 'none' is the recorded setting: the resume goes on
+    assert main(["predict", str(first), str(second), *base, "--relation-threshold", "none"]) == 0
+    assert [r["id"] for r in _rows(out)] == [str(first), str(second)]
+    # a manifest written before the flag existed (no key) resumes without it
+    recorded = json.loads(manifest.read_text())
+    del recorded["relation_threshold"]
+    manifest.write_text(json.dumps(recorded))
+    assert main(["predict", str(first), str(second), *base]) == 0
+    # --overwrite starts over with the new setting
+    argv = ["predict", str(first), str(second), *base, "--relation-threshold", "0.5"]
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads(manifest.read_text())["relation_threshold"] == 0.5
+    assert main(["predict", str(first), *base, "--relation-threshold", "0.25"]) == 2
+    assert "relation_threshold: 0.5 -> 0.25" in _error_line(capsys.readouterr().err)
 
 
 def test_predict_never_rewrites_a_file_it_did_not_write(

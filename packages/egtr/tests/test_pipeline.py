@@ -75,6 +75,22 @@ def test_one_image_gives_one_dict_and_settings_apply(
     assert sgg(str(path)) == default
 
 
+def test_relation_threshold_is_a_postprocess_keyword(
+    sgg: SceneGraphPipeline, tiny_model_dir: Path
+) -> None:
+    image = make_image(90, 70, 5)
+    full = sgg(image, top_k=5)
+    threshold = full["relations"][1]["score"]
+    predictor = EGTRPredictor(tiny_model_dir, device="cpu", top_k=5, relation_threshold=threshold)
+    got = sgg(image, top_k=5, relation_threshold=threshold)
+    assert got == predictor.predict(image)[0].to_dict()
+    assert [r["score"] for r in got["relations"]] == [
+        r["score"] for r in full["relations"] if r["score"] >= threshold
+    ]
+    assert 2 <= len(got["relations"]) < 5
+    assert sgg(image, top_k=5, relation_threshold=None) == full
+
+
 def test_a_model_object_may_be_given(tiny_model: EGTRForSceneGraphGeneration) -> None:
     from transformers import pipeline
 
@@ -148,6 +164,10 @@ def test_mistakes_are_refused(sgg: SceneGraphPipeline) -> None:
         sgg(image, object_score="argmax")
     with pytest.raises(ValueError, match="object_threshold"):
         sgg(image, object_threshold=2.0)
+    with pytest.raises(ValueError, match=r"relation_threshold must be in \[0, 1\] or None"):
+        sgg(image, relation_threshold=2.0)
+    with pytest.raises(ValueError, match="relation_threshold"):
+        sgg(image, relation_threshold=-0.1)
     with pytest.raises(ImageLoadError, match=r"missing\.png"):
         sgg("missing.png")
     import transformers

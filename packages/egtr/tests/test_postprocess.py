@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -152,3 +153,105 @@ def test_object_threshold_none_keeps_only_relation_objects() -> None:
     assert [o.query for o in graph.objects] == [1, 5]
     assert [(r.subject, r.object) for r in graph.relations] == [(0, 1)]
     assert graph.triplets()[0][:3] == ("dog", "near", "cat")
+
+
+def _relation_threshold_case(**settings: Any) -> SceneGraph:
+    # sigmoid object scores; four relations (graph-constrained), best first:
+    # 0 -on-> 1: 0.9 * 1.0 * 0.9 = 0.81, 0 -near-> 2: 0.5 * 1.0 * 0.6 = 0.3,
+    # 2 -near-> 3: 1.0 * 0.6 * 0.2 = 0.12, 1 -on-> 4: 1.0 * 0.9 * 0.1 = 0.09
+    # (unconstrained: the same four, every other triplet scores 0)
+    target = [1.0, 0.9, 0.6, 0.2, 0.1]
+    labels = [0, 1, 0, 1, 0]
+    logits = torch.full((5, 2), -30.0)
+    for q, (score, label) in enumerate(zip(target, labels, strict=True)):
+        logits[q, label] = math.log(score / (1 - score)) if score < 1 else 30.0
+    rel = torch.zeros(5, 5, 2)
+    rel[0, 1, 0] = 0.9
+    rel[0, 2, 1] = 0.5
+    rel[2, 3, 1] = 1.0
+    rel[1, 4, 0] = 1.0
+    return build_scene_graph(
+        logits,
+        torch.rand(5, 4, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25,
+        rel,
+        None,
+        (100, 50),
+        object_labels=["cat", "dog"],
+        predicate_labels=["on", "near"],
+        top_k=4,
+        object_score="sigmoid",
+        **settings,
+    )
+
+
+def _relations_by_query(graph: SceneGraph) -> list[tuple[Any, ...]]:
+    """Each relation as (subject query, object query, predicate, score, subject and object box)."""
+    return [
+        (
+            graph.objects[r.subject].query,
+            graph.objects[r.object].query,
+            r.predicate,
+            r.score,
+            graph.objects[r.subject].box,
+            graph.objects[r.object].box,
+        )
+        for r in graph.relations
+    ]
+
+
+@pytest.mark.parametrize("graph_constrained", [True, False])
+@pytest.mark.parametrize("object_threshold", [0.3, None])
+def test_relation_threshold_keeps_the_triplets_scoring_at_least_it(
+    graph_constrained: bool, object_threshold: float | None
+) -> None:
+    settings = {"graph_constrained": graph_constrained, "object_threshold": object_threshold}
+    full = _relation_threshold_case(**settings)
+    assert len(full.relations) == 4
+    scores = [r.score for r in full.relations]
+    # the reported scores themselves are thresholds too: the comparison is inclusive
+    for threshold in [0.0, 0.1, *scores, 0.5, 0.9, 1.0]:
+        graph = _relation_threshold_case(relation_threshold=threshold, **settings)
+        expected = [row for row in _relations_by_query(full) if row[3] >= threshold]
+        # the same triplets, in the same order, indices pointing at the same boxes
+        assert _relations_by_query(graph) == expected
+        # objects recomputed: the kept relations' plus the confident standalone ones
+        used = {q for row in expected for q in row[:2]}
+        if object_threshold is not None:
+            used |= {o.query for o in full.objects if o.score >= object_threshold}
+        assert list(graph.objects) == [o for o in full.objects if o.query in used]
+
+
+def test_relation_threshold_drops_an_object_only_a_dropped_relation_used() -> None:
+    full = _relation_threshold_case()
+    # queries 0, 1, 2 pass the 0.3 object threshold; 3 and 4 are there for their relations
+    assert [o.query for o in full.objects] == [0, 1, 2, 3, 4]
+    assert [round(r.score, 4) for r in full.relations] == [0.81, 0.3, 0.12, 0.09]
+    graph = _relation_threshold_case(relation_threshold=0.1)
+    assert [round(r.score, 4) for r in graph.relations] == [0.81, 0.3, 0.12]
+    assert [o.query for o in graph.objects] == [0, 1, 2, 3]  # query 4 (score 0.1) is gone
+    assert [(r.subject, r.object) for r in graph.relations] == [(0, 1), (0, 2), (2, 3)]
+    assert graph.objects[3].box == full.objects[3].box
+    graph = _relation_threshold_case(relation_threshold=0.5)
+    assert [(r.subject, r.object) for r in graph.relations] == [(0, 1)]
+    assert [o.query for o in graph.objects] == [0, 1, 2]  # 2 stays: 0.6 >= 0.3
+    only = _relation_threshold_case(relation_threshold=0.5, object_threshold=None)
+    assert [o.query for o in only.objects] == [0, 1]
+    none_kept = _relation_threshold_case(relation_threshold=1.0)
+    assert none_kept.relations == ()
+    assert [o.query for o in none_kept.objects] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("graph_constrained", [True, False])
+def test_relation_threshold_none_is_the_graph_without_it(graph_constrained: bool) -> None:
+    without = _relation_threshold_case(graph_constrained=graph_constrained)
+    for threshold in (None, 0.0):
+        graph = _relation_threshold_case(
+            graph_constrained=graph_constrained, relation_threshold=threshold
+        )
+        assert graph == without
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, math.nan, math.inf])
+def test_relation_threshold_out_of_range_is_refused(threshold: float) -> None:
+    with pytest.raises(ValueError, match=r"relation_threshold must be in \[0, 1\] or None"):
+        _relation_threshold_case(relation_threshold=threshold)

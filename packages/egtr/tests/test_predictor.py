@@ -138,6 +138,36 @@ def test_object_threshold_lists_standalone_objects(
     assert graph.objects[a.object].query == full.objects[b.object].query
 
 
+def test_relation_threshold_keeps_the_relations_scoring_at_least_it(
+    tiny_model: EGTRForSceneGraphGeneration,
+) -> None:
+    image = make_image(90, 70, 6)
+    (full,) = EGTRPredictor(tiny_model, device="cpu", top_k=6, object_threshold=None).predict(image)
+    assert len(full.relations) == 6
+    threshold = full.relations[2].score  # inclusive: the third one is kept
+    predictor = EGTRPredictor(
+        tiny_model, device="cpu", top_k=6, object_threshold=None, relation_threshold=threshold
+    )
+    assert predictor.relation_threshold == threshold
+    (graph,) = predictor.predict(image)
+    kept = [r for r in full.relations if r.score >= threshold]
+    assert 3 <= len(kept) < 6
+    assert [(r.predicate, r.score) for r in graph.relations] == [
+        (r.predicate, r.score) for r in kept
+    ]
+    for a, b in zip(graph.relations, kept, strict=True):
+        assert graph.objects[a.subject] == full.objects[b.subject]
+        assert graph.objects[a.object] == full.objects[b.object]
+    used = {full.objects[i].query for r in kept for i in (r.subject, r.object)}
+    assert sorted(o.query for o in graph.objects) == sorted(used)
+    # None (the default) keeps every top-k relation
+    assert EGTRPredictor(tiny_model, device="cpu").relation_threshold is None
+    none = EGTRPredictor(
+        tiny_model, device="cpu", top_k=6, object_threshold=None, relation_threshold=None
+    )
+    assert none.predict(image) == [full]
+
+
 def test_model_dirs_with_wrong_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -209,6 +239,9 @@ def test_settings_are_checked(tiny_model: EGTRForSceneGraphGeneration) -> None:
         EGTRPredictor(tiny_model, device="cpu", object_score="argmax")
     with pytest.raises(ValueError, match="object_threshold"):
         EGTRPredictor(tiny_model, device="cpu", object_threshold=1.5)
+    for threshold in (-0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"relation_threshold must be in \[0, 1\] or None"):
+            EGTRPredictor(tiny_model, device="cpu", relation_threshold=threshold)
     assert EGTRPredictor(tiny_model, device="cpu").predict_loaded([]) == []
 
 

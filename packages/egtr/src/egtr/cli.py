@@ -65,7 +65,7 @@ MODEL_HELP = (
 
 
 def _threshold(text: str) -> float | None:
-    """``--object-threshold``: a score in [0, 1], or ``none``."""
+    """``--object-threshold`` / ``--relation-threshold``: a score in [0, 1], or ``none``."""
     if text.lower() == "none":
         return None
     try:
@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCORE",
         help="also list objects scoring at least SCORE without a relation "
         f"(default {DEFAULT_OBJECT_THRESHOLD}; 'none': only objects of kept relations)",
+    )
+    predict.add_argument(
+        "--relation-threshold",
+        type=_threshold,
+        default=None,
+        metavar="SCORE",
+        help="keep only relations scoring at least SCORE (a triplet's score is subject score x "
+        "object score x predicate score x connectivity score; default: none)",
     )
     predict.add_argument(
         "--batch-size",
@@ -533,6 +541,7 @@ def _plan_resume(plan: _PredictPlan, args: argparse.Namespace) -> None:
         "top_k": config.top_k if args.top_k is None else args.top_k,
         "graph_constrained": not args.unconstrained,
         "object_threshold": args.object_threshold,
+        "relation_threshold": args.relation_threshold,
         "object_score": config.object_score,
         "dtype": str(plan.dtype).removeprefix("torch."),
     }
@@ -607,6 +616,7 @@ def _predict(plan: _PredictPlan, args: argparse.Namespace, dist: Dist) -> int:
             top_k=args.top_k,
             graph_constrained=not args.unconstrained,
             object_threshold=args.object_threshold,
+            relation_threshold=args.relation_threshold,
         )
     except ModelDirectoryError as exc:
         raise _usage(exc) from exc

@@ -50,7 +50,13 @@ TASK = "scene-graph-generation"
 """The task name under which :class:`SceneGraphPipeline` is registered."""
 
 _PREPROCESS = ("min_size", "max_size", "timeout")
-_POSTPROCESS = ("top_k", "graph_constrained", "object_score", "object_threshold")
+_POSTPROCESS = (
+    "top_k",
+    "graph_constrained",
+    "object_score",
+    "object_threshold",
+    "relation_threshold",
+)
 _OUTPUTS = ("logits", "pred_boxes", "pred_rel", "pred_connectivity")
 
 
@@ -59,10 +65,11 @@ class SceneGraphPipeline(Pipeline):
 
     Keywords (at construction or per call): ``top_k``, ``graph_constrained``, ``object_score``,
     ``object_threshold`` (objects scoring at least this are listed without a relation too;
-    ``None``: only relation objects; default 0.3), ``min_size`` / ``max_size`` (resizing;
-    default: the model config's), ``timeout`` (seconds, for URLs), and transformers'
-    ``batch_size`` / ``num_workers``. Defaults are the model config's, as for
-    :class:`~egtr.EGTRPredictor`.
+    ``None``: only relation objects; default 0.3), ``relation_threshold`` (of the ``top_k``
+    relations, only those scoring at least this are kept; default ``None``: all of them),
+    ``min_size`` / ``max_size`` (resizing; default: the model config's), ``timeout`` (seconds,
+    for URLs), and transformers' ``batch_size`` / ``num_workers``. Defaults are the model
+    config's, as for :class:`~egtr.EGTRPredictor`.
 
     As in :class:`~egtr.EGTRPredictor`, only images with the same resized shape share a forward
     pass, so a graph never depends on the other images of its batch.
@@ -70,8 +77,8 @@ class SceneGraphPipeline(Pipeline):
     Returns, for one image, a dict (:meth:`egtr.SceneGraph.to_dict`); for a list, a list of them.
     Raises ``vl_core.images.ImageLoadError`` (a ``ValueError``) naming an image that cannot be
     read, ``TypeError`` for an unknown keyword and ``ValueError`` for a bad setting (a negative
-    ``top_k``, an ``object_score`` not in ``OBJECT_SCORES``, an ``object_threshold`` outside
-    [0, 1]) or a model that is not an EGTR model.
+    ``top_k``, an ``object_score`` not in ``OBJECT_SCORES``, an ``object_threshold`` or
+    ``relation_threshold`` outside [0, 1]) or a model that is not an EGTR model.
     """
 
     _load_tokenizer = False  # type: ignore[assignment]
@@ -107,6 +114,9 @@ class SceneGraphPipeline(Pipeline):
         threshold = kwargs.get("object_threshold")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"object_threshold must be in [0, 1] or None, got {threshold}")
+        threshold = kwargs.get("relation_threshold")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"relation_threshold must be in [0, 1] or None, got {threshold}")
         pre = {key: kwargs[key] for key in _PREPROCESS if key in kwargs}
         post = {key: kwargs[key] for key in _POSTPROCESS if key in kwargs}
         return pre, {}, post
@@ -171,6 +181,7 @@ class SceneGraphPipeline(Pipeline):
         graph_constrained: bool | None = None,
         object_score: str | None = None,
         object_threshold: float | None = DEFAULT_OBJECT_THRESHOLD,
+        relation_threshold: float | None = None,
     ) -> dict[str, Any]:
         """The scene graph of one image as a plain dict (:meth:`egtr.SceneGraph.to_dict`)."""
         config = self.model.config
@@ -190,6 +201,7 @@ class SceneGraphPipeline(Pipeline):
             ),
             object_score=config.object_score if object_score is None else object_score,
             object_threshold=object_threshold,
+            relation_threshold=relation_threshold,
         )
         return graph.to_dict()
 

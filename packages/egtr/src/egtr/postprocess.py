@@ -2,7 +2,8 @@
 
 Graph-constrained (default): one predicate per ordered pair, ``score(i, j) = max_p rel[i, j, p] *
 conn[i, j] * s_i * s_j`` (diagonal excluded), top-K pairs. Unconstrained: the same product per
-predicate, top-K over all ``(i, j, p)``.
+predicate, top-K over all ``(i, j, p)``. Optionally, triplets scoring below a
+``relation_threshold`` are then dropped (:func:`build_scene_graph`).
 """
 
 from __future__ import annotations
@@ -110,17 +111,30 @@ def build_scene_graph(
     graph_constrained: bool = True,
     object_score: str = "softmax",
     object_threshold: float | None = DEFAULT_OBJECT_THRESHOLD,
+    relation_threshold: float | None = None,
 ) -> SceneGraph:
     """One image's :class:`SceneGraph` from its outputs (``image_size`` = original ``(w, h)``).
 
-    Objects are those taking part in a kept relation plus, unless ``object_threshold`` is
-    ``None``, every query whose object score is ``>= object_threshold`` (standalone objects),
-    sorted by score; relations keep the triplet order (best first) and index into the objects.
+    The relations are the ``top_k`` triplets (:func:`top_triplets`), less, unless
+    ``relation_threshold`` is ``None`` (the default: keep them all), those whose score is below
+    ``relation_threshold``. Objects are those taking part in a kept relation plus, unless
+    ``object_threshold`` is ``None``, every query whose object score is ``>= object_threshold``
+    (standalone objects), sorted by score; relations keep the triplet order (best first) and
+    index into the objects.
     Returns the :class:`SceneGraph`; raises ``ValueError`` as :func:`object_scores` and
-    :func:`top_triplets` do.
+    :func:`top_triplets` do, and for a ``relation_threshold`` outside [0, 1].
     """
+    if relation_threshold is not None and not 0.0 <= relation_threshold <= 1.0:
+        raise ValueError(f"relation_threshold must be in [0, 1] or None, got {relation_threshold}")
     scores, labels = object_scores(logits, object_score)
     trip = top_triplets(scores, rel, connectivity, top_k=top_k, graph_constrained=graph_constrained)
+    if relation_threshold is not None:
+        # compared in float64, as the scores are reported (Relation.score), so that every kept
+        # relation's score is >= the threshold and every dropped one's is below it
+        keep = trip.scores.double() >= relation_threshold
+        trip = Triplets(
+            trip.subjects[keep], trip.objects[keep], trip.predicates[keep], trip.scores[keep]
+        )
     pixel_boxes = boxes_to_pixels(boxes, *image_size).tolist()
     used = set(trip.subjects.tolist()) | set(trip.objects.tolist())
     if object_threshold is not None:

@@ -35,6 +35,8 @@ class EGTRPredictor:
     ``top_k``, ``graph_constrained``, ``object_score``, ``min_size`` and ``max_size`` default to the
     model config's values. ``object_threshold``: objects scoring at least this are listed even
     when no kept relation uses them (``None``: only the objects of kept relations).
+    ``relation_threshold``: of the ``top_k`` relations, only those scoring at least this are kept
+    (``None``, the default: all of them); see :func:`egtr.postprocess.build_scene_graph`.
 
     Batching: by default only images with the same resized shape share a forward pass, so a
     result never depends on which other images were in the batch (Deformable DETR's input
@@ -45,7 +47,7 @@ class EGTRPredictor:
     (``ModelNotFoundError`` and ``ModelUnavailableError``, also ``FileNotFoundError``;
     ``WrongModelKindError`` and ``ModelDirectoryError``; all ``ValueError``), and ``ValueError``
     for an unknown device or dtype, a negative ``top_k``, an ``object_score`` not in
-    ``OBJECT_SCORES`` or an ``object_threshold`` outside [0, 1].
+    ``OBJECT_SCORES``, or an ``object_threshold`` or ``relation_threshold`` outside [0, 1].
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class EGTRPredictor:
         max_size: int | None = None,
         pad_batches: bool = False,
         object_threshold: float | None = DEFAULT_OBJECT_THRESHOLD,
+        relation_threshold: float | None = None,
     ) -> None:
         if top_k is not None and top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
@@ -68,6 +71,10 @@ class EGTRPredictor:
             raise ValueError(f"object_score must be one of {OBJECT_SCORES}, got {object_score!r}")
         if object_threshold is not None and not 0.0 <= object_threshold <= 1.0:
             raise ValueError(f"object_threshold must be in [0, 1] or None, got {object_threshold}")
+        if relation_threshold is not None and not 0.0 <= relation_threshold <= 1.0:
+            raise ValueError(
+                f"relation_threshold must be in [0, 1] or None, got {relation_threshold}"
+            )
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if isinstance(model_or_dir, EGTRForSceneGraphGeneration):
@@ -87,6 +94,7 @@ class EGTRPredictor:
         self.max_size = config.image_max_size if max_size is None else max_size
         self.pad_batches = pad_batches
         self.object_threshold = object_threshold
+        self.relation_threshold = relation_threshold
 
     @classmethod
     def from_pretrained(
@@ -104,7 +112,7 @@ class EGTRPredictor:
         A hub model is fetched once into the Hugging Face cache (the first download says so in
         one line on stderr); with ``HF_HUB_OFFLINE=1`` only the cache is read, and a model that
         is not there fails at once. ``revision`` / ``token`` apply to hub ids; ``settings`` are
-        the constructor's keywords (``top_k``, ``object_threshold``, ...). The load is strict, as
+        the constructor's keywords (``top_k``, ``object_threshold``, ``relation_threshold``, ...). The load is strict, as
         for a directory.
 
         Returns the predictor. Raises what the constructor raises, notably
@@ -212,6 +220,7 @@ class EGTRPredictor:
                     graph_constrained=self.graph_constrained,
                     object_score=self.object_score,
                     object_threshold=self.object_threshold,
+                    relation_threshold=self.relation_threshold,
                 )
             )
         return graphs
