@@ -5,7 +5,11 @@
   caption gets its lowest word), ``clip4dm visualize`` of the results as one HTML page and of one
   colour/shape foil as a PNG figure;
 - egtr with the shipped EGTR (``shared/models/egtr-shapes``): ``egtr predict --draw`` on the
-  sample images (JSON lines + one PNG drawing per image).
+  sample images (JSON lines + one PNG drawing per image), keeping relations that score at least
+  0.1.
+
+Each answer is checked against the truth the world generator wrote (the foil word; the drawn
+shapes and their relations) and printed as right or wrong, with a tally.
 
 Everything runs on the CPU from files in this repository; nothing is downloaded. Outputs go to
 ``--out`` (default ``demo-output/``), whose path is printed at the end.
@@ -33,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "shared" / "world" / "samples"
 CLIP_MODEL = ROOT / "shared" / "models" / "clip-shapes"
 EGTR_MODEL = ROOT / "shared" / "models" / "egtr-shapes"
+#: Relations scoring below this are not shown (a triplet's score multiplies its two object
+#: scores, the predicate score and the connectivity score); objects then are those of the kept
+#: relations plus those scoring at least egtr's default object threshold, 0.3.
+RELATION_THRESHOLD = 0.1
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -139,6 +147,8 @@ def run_egtr(out: Path) -> None:
         _rel(out / "drawings"),
         "--top-k",
         "20",
+        "--relation-threshold",
+        str(RELATION_THRESHOLD),
         "--device",
         "cpu",
         "--quiet",

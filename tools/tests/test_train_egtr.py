@@ -24,8 +24,10 @@ TEST_SET = ROOT / "shared" / "world" / "test-set"
 TOLERANCE = 0.5
 HEADLINE = ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100")
 #: How far (percentage points, first 100 test images) the shipped relation head must beat the
-#: same model with an untrained relation head. PLACEHOLDER
-RELATION_MARGINS = {"R@20": 5.0, "R@50": 5.0, "R@100": 5.0, "mR@50": 5.0, "ng_R@50": 5.0}
+#: same model with an untrained relation head: about half the measured gaps (shipped vs untrained:
+#: R@20 44.9 vs 18.5, R@50 51.9 vs 18.8, R@100 53.1 vs 18.9, mR@50 41.1 vs 15.9, unconstrained
+#: R@50 85.5 vs 71.4).
+RELATION_MARGINS = {"R@20": 13.0, "R@50": 16.0, "R@100": 17.0, "mR@50": 12.0, "ng_R@50": 7.0}
 
 
 @pytest.fixture(scope="module")
