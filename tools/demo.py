@@ -176,7 +176,13 @@ def run_egtr(out: Path) -> None:
 def graph_check(graph: dict[str, Any], scene: dict[str, Any], top: int = 3) -> dict[str, Any]:
     """Compare one predicted scene graph with the sample's drawn shapes: each shape is found by
     the object with the right name at IoU >= 0.5; objects that find no shape are extra. The top
-    relations are true when both objects found shapes and the scene holds the predicate."""
+    relations are true when both objects found shapes and the scene holds the predicate (IoU as
+    ``egtr eval`` computes it)."""
+    from egtr.evaluation.boxes import box_iou
+
+    def _iou(a: list[float], b: tuple[float, float, float, float]) -> float:
+        return float(box_iou([a], [b])[0, 0])
+
     shapes = []
     for shape in scene["shapes"]:
         x, y, w, h = shape["bbox"]
@@ -216,14 +222,6 @@ def graph_check(graph: dict[str, Any], scene: dict[str, Any], top: int = 3) -> d
         "top": texts,
         "top_true": true,
     }
-
-
-def _iou(a: list[float], b: tuple[float, float, float, float]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _summary(row: dict[str, Any]) -> str:
