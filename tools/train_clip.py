@@ -439,7 +439,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     pixels = pixels.to(device)
     optimizer = make_optimizer(trainable, args)
     checkpoint = work / "checkpoint.pt"
-    state: dict[str, Any] = {"step": 0, "elapsed": 0.0, "log": []}
+    state: dict[str, Any] = {"step": 0, "elapsed": 0.0, "log": [], "evals": []}
     if checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=True)
         trainable.load_state_dict(saved["model"])
@@ -448,6 +448,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "step": int(saved["step"]),
             "elapsed": float(saved["elapsed"]),
             "log": json.loads(saved["log"]),
+            "evals": json.loads(saved.get("evals", "[]")),
         }
         print(f"resumed at step {state['step']}", flush=True)
 
@@ -458,6 +459,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "step": state["step"],
             "elapsed": state["elapsed"],
             "log": json.dumps(state["log"]),
+            "evals": json.dumps(state["evals"]),
         }
         atomic_save(checkpoint, lambda path: torch.save(saved, path))
 
@@ -522,6 +524,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
             found = evaluate(f"hf:{interim}", args.eval_world, device=args.device)
             print(json.dumps({"step": state["step"], "eval": found}), flush=True)
+            state["evals"].append(
+                {"step": state["step"], "minutes": round(state["elapsed"] / 60, 1), "eval": found}
+            )
             trainable.train()
             start += time.time() - paused  # interim evaluations do not count as training time
         if time.time() - last_save > 60 * args.checkpoint_minutes:
@@ -537,6 +542,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "images": len(rows),
         "trained_tokens": len(vocab),
         "log": state["log"],
+        "evals": state["evals"],
     }
 
 
@@ -601,24 +607,41 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
         f"- {summary['images']} training images of the shapes world, seed {cfg['world_seed']}, "
         f"{cfg['world_size']} px (`python -m tools.world --seed {cfg['world_seed']} --out "
         f"{cfg['world']} --train {summary['images']}`; generated into a temporary folder, not "
-        "committed). Each image has 3 true captions in the world's grammar and 2 one-word "
-        "foils per caption (colour, shape, size or relation word changed, false in the image).",
+        "committed). "
+        + (
+            "At every step each image gets a newly sampled true caption in the world's grammar "
+            f"(small and large shapes are named with their size word {cfg['size_word_p']:.0%} "
+            "more often than in the test set) and "
+            f"{cfg['foils_per_kind']} one-word foil(s) of every kind the caption allows (colour, "
+            "shape, size or relation word changed, false in the image; the rules of "
+            "`tools/world/captions.py`)."
+            if cfg.get("fresh_captions")
+            else "Each image has 3 true captions in the world's grammar and 2 one-word "
+            "foils per caption (colour, shape, size or relation word changed, false in the image)."
+        ),
         "- Evaluation: the fixed set `shared/world/test-set` (seed 1: 100 val + 300 test "
         "images, a different seed from training).",
         "",
         "## Training",
         "",
-        f"- {summary['steps']} steps, batch {cfg['batch']} images; each image brings one of its "
-        f"captions (with clip4dm's template `A photo depicts ` {100 * cfg['template_p']:.0f}% of "
-        f"the time) and that caption's {cfg['foils']} foils.",
+        f"- {summary['steps']} steps, batch {cfg['batch']} images; each image brings one caption "
+        f"(with clip4dm's template `A photo depicts ` {100 * cfg['template_p']:.0f}% of "
+        "the time) and its foils.",
         "- Loss: CLIP's symmetric contrastive loss, where the image→text softmax runs over the "
         "batch's captions PLUS all foils (hard negatives; text→image over the captions only). "
         "A plain CLIP can match a caption by its bag of words; the one-word foils force every "
-        "word to count, which is what CLIP4DM's gradient×attention read-out localises.",
+        "word to count, which is what CLIP4DM's gradient×attention read-out localises."
+        + (
+            f" Plus (weight {cfg['pair_loss']}) each image against its own caption and its own "
+            "foils only: the one-word decision, without the easy negatives of other images."
+            if cfg.get("pair_loss")
+            else ""
+        ),
         f"- Auxiliary loss (weight {cfg['aux']}) to speed up the vision tower trained from "
         "scratch on a CPU budget: heads that are not released predict, from the pooled image "
         "features, which colour+shape kinds are present and their centres, and from each patch "
-        "token the colour and shape under it (ground truth from the world's scene files).",
+        "token the colour and shape under it (ground truth from the world's scene files)"
+        + (", and each present shape's size class." if cfg.get("aux_size") else "."),
         f"- The text tower has {cfg['text_layers']} layers so that clip4dm's default read-out "
         "(the last 3 text layers) covers all of it: in a 4-layer trial the words were mixed into "
         "the end-of-text token mostly in the first layer, which the last-3 read-out misses.",
@@ -638,6 +661,8 @@ def write_card(summary: dict[str, Any], out: Path) -> None:
     ]
     if metrics is not None:
         lines += card_metrics(metrics)
+    if summary.get("evals"):
+        lines += card_learning_curve(summary)
     lines += card_limitations(metrics)
     lines.append("")
     atomic_write(out / "MODEL_CARD.md", "\n".join(lines))
@@ -679,6 +704,40 @@ def card_metrics(metrics: dict[str, Any]) -> list[str]:
         f"| AP, −CLIPScore alone | {_pct(hat['AP_CLIPScore'])} |",
         "",
     ]
+
+
+def card_learning_curve(summary: dict[str, Any]) -> list[str]:
+    """The card's ``## Learning curve`` section: the interim evaluations (``--eval-at``) and the
+    final one, on the same test split."""
+    rows = list(summary["evals"])
+    if summary.get("metrics") is not None:
+        rows.append(
+            {
+                "step": summary["steps"],
+                "minutes": summary["train_minutes"],
+                "eval": summary["metrics"],
+            }
+        )
+    lines = [
+        "## Learning curve",
+        "",
+        "FOIL LA and pairwise accuracy on the test split during training (`--eval-at`; minutes "
+        "of training, evaluations not counted):",
+        "",
+        "| step | minutes | LA | LA colour / shape / relation / size | pairwise colour / shape / "
+        "relation / size | AP F-CLIPScore / CLIPScore | HAT LA |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    kinds = ("colour", "shape", "relation", "size")
+    for row in rows:
+        foil, hat = row["eval"]["foil"], row["eval"]["hat"]
+        la = " / ".join(_pct(foil["LA_by_kind"].get(k)) for k in kinds)
+        pair = " / ".join(_pct(foil.get("pairwise_by_kind", {}).get(k)) for k in kinds)
+        lines.append(
+            f"| {row['step']} | {row['minutes']} | {_pct(foil['LA'])} | {la} | {pair} | "
+            f"{_pct(foil['AP_F-CLIPScore'])} / {_pct(foil['AP_CLIPScore'])} | {_pct(hat['LA'])} |"
+        )
+    return [*lines, ""]
 
 
 def card_limitations(metrics: dict[str, Any] | None) -> list[str]:

@@ -5,7 +5,9 @@ bit for bit and saves a model clip4dm loads (slow)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +129,71 @@ def test_train_script_resumes_exactly_and_saves_a_loadable_model(tmp_path: Path)
     assert [w.word for w in found.words] == ["a", "red", "circle", "above", "a", "blue", "square"]
     card = (straight / "model" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "--steps 4" in card
+
+
+def test_fresh_captions_are_true_and_their_foils_false_of_every_kind() -> None:
+    from tools.world.captions import holds
+    from tools.world.generate import make_sample, scene_row
+
+    kinds: set[str] = set()
+    for index in range(40):
+        sample = make_sample(0, "train", index, 128)
+        scene = train_clip.row_scene(scene_row(sample))
+        assert [s.box for s in scene.shapes] == [s.box for s in sample.scene.shapes]
+        rng = np.random.default_rng(index)
+        found = train_clip.fresh_caption(scene, rng, per_kind=1, size_word_p=1.0)
+        assert found is not None
+        caption, foils = found
+        parsed = {c.text: c for c in _all_captions(scene)}
+        assert caption in parsed
+        assert holds(scene, parsed[caption])
+        for foil in foils:  # one word changed, false in the scene
+            assert sum(a != b for a, b in zip(caption.split(), foil.split(), strict=True)) == 1
+            assert foil not in parsed
+        kinds |= {_kind(caption, foil) for foil in foils}
+    assert kinds == {"colour", "shape", "size", "relation"}
+
+
+def _all_captions(scene: Any) -> list[Any]:
+    """Every caption of the grammar that is true of ``scene``."""
+    from tools.world.captions import RELATION_PHRASES, SIZE_WORDS, Caption, Mention, holds
+
+    mentions = [
+        Mention(s.colour, s.shape, size)
+        for s in scene.shapes
+        for size in (None, *([s.size] if s.size in SIZE_WORDS else []))
+    ]
+    out = []
+    for a in mentions:
+        for b in mentions:
+            for relation in RELATION_PHRASES:
+                caption = Caption(a, relation, b)
+                if holds(scene, caption):
+                    out.append(caption)
+    return out
+
+
+def _kind(caption: str, foil: str) -> str:
+    from tools.world.scene import COLOURS, SHAPES
+
+    (changed,) = [b for a, b in zip(caption.split(), foil.split(), strict=True) if a != b]
+    if changed in COLOURS:
+        return "colour"
+    if changed in SHAPES:
+        return "shape"
+    return "size" if changed in ("small", "large") else "relation"
+
+
+def test_pair_loss_is_each_images_softmax_over_its_caption_and_foils() -> None:
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(3, 8, generator=generator), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(3 + 4, 8, generator=generator), dim=-1)
+    owners = [0, 0, 2, 2]  # image 1 has no foils
+    scale = torch.tensor(10.0)
+    literal = []
+    for b in range(3):
+        own = [3 + f for f, o in enumerate(owners) if o == b]
+        logits = scale * image[b] @ text[[b, *own]].T
+        literal.append(torch.logsumexp(logits, 0) - logits[0])
+    expected = torch.stack(literal).mean()
+    torch.testing.assert_close(train_clip.pair_loss(image, text, owners, scale), expected)
