@@ -84,8 +84,9 @@ def run_clip4dm(out: Path) -> None:
     )
     _cli("clip4dm", "visualize", "--from", _rel(results), "--out", _rel(out / "pairs.html"))
     rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines()]
-    # the PNG shows a foil the shipped CLIP can see (a colour or shape word; size and relation
-    # words it cannot tell apart, see shared/models/clip-shapes/MODEL_CARD.md); the HTML has all
+    # the PNG shows a colour or shape foil, the kinds the shipped CLIP localises (it does not see
+    # relation foils, and sees size foils without the read-out landing on the size word, see
+    # shared/models/clip-shapes/MODEL_CARD.md); the HTML has all
     world = json.loads((SAMPLES / "world.json").read_text(encoding="utf-8"))
     visible = {*world["colours"], *world["shapes"]}
     foil = next(row for row in rows if row.get("foil_word") in visible)
