@@ -39,7 +39,7 @@ from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from egtr.builders import HUB_PREFIX, load_pretrained
 from egtr.modeling import EGTRForSceneGraphGeneration
-from egtr.postprocess import OBJECT_SCORES, build_scene_graph
+from egtr.postprocess import OBJECT_SCORES, build_scene_graph, check_threshold
 from egtr.preprocessing import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from egtr.scene_graph import DEFAULT_OBJECT_THRESHOLD
 from vl_core.images import DEFAULT_TIMEOUT, load_image
@@ -111,12 +111,8 @@ class SceneGraphPipeline(Pipeline):
         score = kwargs.get("object_score")
         if score is not None and score not in OBJECT_SCORES:
             raise ValueError(f"object_score must be one of {OBJECT_SCORES}, got {score!r}")
-        threshold = kwargs.get("object_threshold")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"object_threshold must be in [0, 1] or None, got {threshold}")
-        threshold = kwargs.get("relation_threshold")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"relation_threshold must be in [0, 1] or None, got {threshold}")
+        check_threshold("object_threshold", kwargs.get("object_threshold"))
+        check_threshold("relation_threshold", kwargs.get("relation_threshold"))
         pre = {key: kwargs[key] for key in _PREPROCESS if key in kwargs}
         post = {key: kwargs[key] for key in _POSTPROCESS if key in kwargs}
         return pre, {}, post

@@ -98,6 +98,13 @@ def boxes_to_pixels(boxes: Tensor, width: int, height: int) -> Tensor:
     return xyxy * scale
 
 
+def check_threshold(name: str, value: float | None) -> None:
+    """Raise ``ValueError`` unless ``value`` (the setting ``name``) is ``None`` or a score in
+    [0, 1] (``nan`` is refused)."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] or None, got {value}")
+
+
 def build_scene_graph(
     logits: Tensor,
     boxes: Tensor,
@@ -124,8 +131,7 @@ def build_scene_graph(
     Returns the :class:`SceneGraph`; raises ``ValueError`` as :func:`object_scores` and
     :func:`top_triplets` do, and for a ``relation_threshold`` outside [0, 1].
     """
-    if relation_threshold is not None and not 0.0 <= relation_threshold <= 1.0:
-        raise ValueError(f"relation_threshold must be in [0, 1] or None, got {relation_threshold}")
+    check_threshold("relation_threshold", relation_threshold)
     scores, labels = object_scores(logits, object_score)
     trip = top_triplets(scores, rel, connectivity, top_k=top_k, graph_constrained=graph_constrained)
     if relation_threshold is not None:

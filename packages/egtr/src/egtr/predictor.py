@@ -12,7 +12,7 @@ from PIL import Image
 from egtr.builders import load_pretrained
 from egtr.loading import Preprocessing
 from egtr.modeling import EGTRForSceneGraphGeneration
-from egtr.postprocess import OBJECT_SCORES, build_scene_graph
+from egtr.postprocess import OBJECT_SCORES, build_scene_graph, check_threshold
 from egtr.preprocessing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -69,12 +69,8 @@ class EGTRPredictor:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
         if object_score is not None and object_score not in OBJECT_SCORES:
             raise ValueError(f"object_score must be one of {OBJECT_SCORES}, got {object_score!r}")
-        if object_threshold is not None and not 0.0 <= object_threshold <= 1.0:
-            raise ValueError(f"object_threshold must be in [0, 1] or None, got {object_threshold}")
-        if relation_threshold is not None and not 0.0 <= relation_threshold <= 1.0:
-            raise ValueError(
-                f"relation_threshold must be in [0, 1] or None, got {relation_threshold}"
-            )
+        check_threshold("object_threshold", object_threshold)
+        check_threshold("relation_threshold", relation_threshold)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if isinstance(model_or_dir, EGTRForSceneGraphGeneration):
@@ -112,8 +108,8 @@ class EGTRPredictor:
         A hub model is fetched once into the Hugging Face cache (the first download says so in
         one line on stderr); with ``HF_HUB_OFFLINE=1`` only the cache is read, and a model that
         is not there fails at once. ``revision`` / ``token`` apply to hub ids; ``settings`` are
-        the constructor's keywords (``top_k``, ``object_threshold``, ``relation_threshold``, ...). The load is strict, as
-        for a directory.
+        the constructor's keywords (``top_k``, ``object_threshold``, ``relation_threshold``,
+        ...). The load is strict, as for a directory.
 
         Returns the predictor. Raises what the constructor raises, notably
         :class:`~egtr.builders.ModelUnavailableError` naming a hub id that cannot be had here.
