@@ -88,11 +88,18 @@ def test_trimmed_text_gives_the_plain_outputs(
     monkeypatch.setattr(backbone, "trims_text_padding", False)
     plain = detector.detect_batch(images, CAPTIONS, batch_size=2, references=refs)
     plain_single = [detector.detect(images[1], CAPTIONS[1])]
-    # the fast path did run narrower: batch (0, 1) fits one step, (2, 3) needs two; the plain
-    # path always runs the whole context
+    # the fast path did run narrower: each batch up to its last end-of-text token, rounded up
+    # to the step (calls: batch (0, 1), its references, batch (2, 3), ...); the plain path
+    # always runs the whole context
     assert set(widths) == {backbone.context_length}
-    assert trimmed_widths[0] == TEXT_WIDTH_STEP
-    assert trimmed_widths[2] == 2 * TEXT_WIDTH_STEP
+
+    def expected(texts: list[str]) -> int:
+        eot = backbone.tokenizer([detector.template + t for t in texts]).eot
+        return -(-(int(eot.max()) + 1) // TEXT_WIDTH_STEP) * TEXT_WIDTH_STEP
+
+    assert trimmed_widths[0] == expected(CAPTIONS[:2])
+    assert trimmed_widths[2] == expected(CAPTIONS[2:4])
+    assert trimmed_widths[2] > trimmed_widths[0]  # the captions were chosen to need more steps
     assert max(trimmed_widths) < backbone.context_length
     for a, b in zip([*fast, *single], [*plain, *plain_single], strict=True):
         assert_same_outputs(a, b, rel=1e-5 if dtype == torch.float32 else 1e-9)

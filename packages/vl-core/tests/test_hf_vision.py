@@ -124,3 +124,57 @@ def test_another_layout_falls_back(hf_clip: ClipBackbone, monkeypatch: pytest.Mo
     monkeypatch.delattr(vision.encoder.layers[0].self_attn, "q_proj")
     assert not fast_path_applies(vision)
     assert _hf_vision.__all__ == ["fast_path_applies", "pooled_image_features"]
+
+
+def test_patch_embedding_by_matrix_product_equals_the_convolution(
+    hf_dir: Path, make_pixels: Any
+) -> None:
+    backbone = load_clip(f"hf:{hf_dir}", device="cpu", dtype=torch.float64)
+    embeddings: Any = backbone.model.vision_model.embeddings
+    pixels = make_pixels(backbone, 3)
+    with torch.no_grad():
+        fast, own = _hf_vision._embed(embeddings, pixels), embeddings(pixels)
+    assert fast.shape == own.shape
+    torch.testing.assert_close(fast, own, rtol=1e-12, atol=1e-12)
+
+
+def test_patch_embedding_of_another_size_runs_the_modules_forward(
+    hf_clip: ClipBackbone, make_pixels: Any
+) -> None:
+    embeddings: Any = hf_clip.model.vision_model.embeddings
+    pixels = make_pixels(hf_clip, 1)
+    bigger = torch.nn.functional.pad(pixels, (0, 4, 0, 4))
+    # the module's own error (no interpolation asked for), not a shape error of the fast path
+    with pytest.raises(ValueError, match="doesn't match model"):
+        _hf_vision._embed(embeddings, bigger)
+
+
+def test_quick_gelu_in_place_is_bit_identical_and_keeps_gradients(
+    hf_clip: ClipBackbone,
+) -> None:
+    mlp: Any = hf_clip.model.vision_model.encoder.layers[0].mlp
+    assert type(mlp.activation_fn).__name__ == "QuickGELUActivation"
+    states = torch.randn(2, 5, mlp.fc1.in_features, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(_hf_vision._mlp(mlp, states), mlp(states))
+    # with autograd recording, the buffer is left alone and the gradient is the module's
+    grads = []
+    for run in (_hf_vision._mlp, lambda m, x: m(x)):
+        leaf = states.clone().requires_grad_(True)
+        run(mlp, leaf).square().sum().backward()
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_another_activation_runs_the_mlps_forward(hf_clip: ClipBackbone) -> None:
+    mlp: Any = hf_clip.model.vision_model.encoder.layers[0].mlp
+    states = torch.randn(1, 3, mlp.fc1.in_features, generator=torch.Generator().manual_seed(4))
+    original = mlp.activation_fn
+    mlp.activation_fn = torch.nn.GELU()
+    try:
+        with torch.no_grad():
+            assert torch.equal(_hf_vision._mlp(mlp, states), mlp(states))
+            expected = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(states)))
+            assert torch.equal(_hf_vision._mlp(mlp, states), expected)
+    finally:
+        mlp.activation_fn = original

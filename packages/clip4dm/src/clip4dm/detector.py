@@ -45,7 +45,7 @@ __all__ = [
 logger = logging.getLogger("clip4dm")
 
 #: Trimmed text widths are multiples of this (see `CLIP4DM._text_width`).
-TEXT_WIDTH_STEP = 16
+TEXT_WIDTH_STEP = 8
 
 
 @dataclass(frozen=True)
