@@ -1,11 +1,13 @@
 """Each faster path of the detector gives the same outputs as the plain one (issue 16).
 
 Text trimming (the text tower stops after the batch's last end-of-text token), capture objects
-built once per detector, and the optional ``torch.compile`` path.
+built once per detector, the image tower beside the text tower on a CPU at batch 1, and the
+optional ``torch.compile`` path.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from clip4dm import CLIP4DM, Detection
-from clip4dm.detector import TEXT_WIDTH_STEP
+from clip4dm.detector import PARALLEL_TOWERS_MAX_BATCH, TEXT_WIDTH_STEP
 from vl_core.capture import Capture
 from vl_core.clip import ClipBackbone
 from vl_core.factory import load_clip
@@ -279,3 +281,74 @@ def test_compiled_detector_gives_the_plain_outputs(
     got = compiled.detect_batch(images[:3], CAPTIONS[:3])  # one shape: compiles once
     for a, b in zip(got, expected, strict=True):
         assert_same_outputs(a, b, rel=1e-5)
+
+
+def _record_image_threads(detector: CLIP4DM, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each `_encode_images` call runs on."""
+    names: list[str] = []
+    original = detector._encode_images
+
+    def recording(images: Any) -> Tensor:
+        names.append(threading.current_thread().name)
+        return original(images)
+
+    monkeypatch.setattr(detector, "_encode_images", recording)
+    return names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_parallel_towers_give_the_plain_outputs(
+    tiny_hf_dir: Path,
+    images: list[Image.Image],
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: torch.dtype,
+) -> None:
+    backbone = _hf(tiny_hf_dir, dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        side_by_side = CLIP4DM(backbone, epsilon=0.0)  # parallel_towers=None: at batch 1 on a CPU
+        plain = CLIP4DM(backbone, epsilon=0.0, parallel_towers=False)
+        ran_on = _record_image_threads(side_by_side, monkeypatch)
+        fast = [
+            side_by_side.detect(image, text) for image, text in zip(images, CAPTIONS, strict=True)
+        ]
+        assert all(name.startswith("vl-core-alongside") for name in ran_on)
+        assert len(ran_on) == len(CAPTIONS)
+        assert torch.get_num_threads() == 2  # the caller's threads are back after each call
+        slow = [plain.detect(image, text) for image, text in zip(images, CAPTIONS, strict=True)]
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(fast, slow, strict=True):
+        assert_same_outputs(a, b, rel=1e-5 if dtype == torch.float32 else 1e-9)
+
+
+def test_parallel_towers_only_where_they_pay(
+    tiny_hf_dir: Path, images: list[Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backbone = _hf(tiny_hf_dir)
+    here = threading.current_thread().name
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # larger batches run the towers one after the other (unless asked for) ...
+        batch = PARALLEL_TOWERS_MAX_BATCH + 1
+        auto = CLIP4DM(backbone)
+        names = _record_image_threads(auto, monkeypatch)
+        auto.detect_batch(images[:batch], CAPTIONS[:batch], batch_size=batch)
+        assert names == [here]
+        forced = CLIP4DM(backbone, parallel_towers=True)
+        names = _record_image_threads(forced, monkeypatch)
+        forced.detect_batch(images[:batch], CAPTIONS[:batch], batch_size=batch)
+        assert names[0].startswith("vl-core-alongside")
+        # ... as does a detector told not to, and any detector on one thread
+        off = CLIP4DM(backbone, parallel_towers=False)
+        names = _record_image_threads(off, monkeypatch)
+        off.detect(images[0], CAPTIONS[0])
+        assert names == [here]
+        torch.set_num_threads(1)
+        names = _record_image_threads(forced, monkeypatch)
+        forced.detect(images[0], CAPTIONS[0])
+        assert names == [here]
+    finally:
+        torch.set_num_threads(before)

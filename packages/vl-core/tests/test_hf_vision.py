@@ -178,3 +178,35 @@ def test_another_activation_runs_the_mlps_forward(hf_clip: ClipBackbone) -> None
             assert torch.equal(_hf_vision._mlp(mlp, states), expected)
     finally:
         mlp.activation_fn = original
+
+
+def test_run_beside_other_work_the_tower_takes_the_freed_threads(
+    hf_clip: ClipBackbone, make_pixels: Any
+) -> None:
+    # vl_core.overlap: once the caller waits, the layer loop's checkpoint widens the helper
+    from threading import Event, Timer
+
+    from vl_core.overlap import alongside
+
+    vision: Any = hf_clip.model.vision_model
+    pixels = make_pixels(hf_clip, 1)
+    go = Event()
+
+    def work() -> tuple[Tensor, int, int]:
+        start = torch.get_num_threads()
+        go.wait(30)
+        with torch.no_grad():
+            pooled = pooled_image_features(vision, pixels)
+        return pooled, start, torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with alongside(work, threads=(2, 1)) as job:
+            Timer(0.05, go.set).start()  # the caller waits first, then the tower starts
+            pooled, start, end = job.result()
+    finally:
+        torch.set_num_threads(before)
+    assert (start, end) == (2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(pooled, pooled_image_features(vision, pixels))

@@ -34,8 +34,10 @@ _EXPORTS: dict[str, str] = {
     "RenameRule": "vl_core.checkpoints",
     "TokenBatch": "vl_core.tokens",
     "UnsafeCheckpointError": "vl_core.checkpoints",
+    "alongside": "vl_core.overlap",
     "available_families": "vl_core.factory",
     "batched_grad": "vl_core.gradients",
+    "claim_threads": "vl_core.overlap",
     "describe_source": "vl_core.images",
     "environment_report": "vl_core._env",
     "load_backbone": "vl_core.factory",
@@ -50,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "resolve_device": "vl_core.devices",
     "resolve_dtype": "vl_core.devices",
     "save_safetensors": "vl_core.checkpoints",
+    "split_threads": "vl_core.overlap",
 }
 
 __all__ = [
@@ -74,8 +77,10 @@ __all__ = [
     "TokenBatch",
     "UnsafeCheckpointError",
     "__version__",
+    "alongside",
     "available_families",
     "batched_grad",
+    "claim_threads",
     "describe_source",
     "environment_report",
     "load_backbone",
@@ -90,6 +95,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "save_safetensors",
+    "split_threads",
 ]
 
 if TYPE_CHECKING:
@@ -129,6 +135,7 @@ if TYPE_CHECKING:
         load_image,
         load_images,
     )
+    from vl_core.overlap import alongside, claim_threads, split_threads
     from vl_core.tokens import ClipTokenizer, TokenBatch
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vl_core.overlap import claim_threads
+
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "out_proj")
 _LAYER_PARTS = ("self_attn", "layer_norm1", "mlp", "layer_norm2")
 _TOWER_PARTS = ("embeddings", "pre_layrnorm", "encoder", "post_layernorm")
@@ -78,6 +80,7 @@ def pooled_image_features(vision: nn.Module, pixels: Tensor) -> Tensor:
     hidden = tower.pre_layrnorm(_embed(tower.embeddings, pixels))
     *layers, last = tower.encoder.layers
     for layer in layers:
+        claim_threads()  # run beside other work (vl_core.overlap): take freed threads from here on
         hidden = hidden + _attend(layer.self_attn, layer.layer_norm1(hidden), queries=None)
         hidden = hidden + _mlp(layer.mlp, layer.layer_norm2(hidden))
     normed = last.layer_norm1(hidden)
