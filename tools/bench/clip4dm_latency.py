@@ -4,12 +4,14 @@ procedure (``clip4dm._reference.literal_relevance``) — same random model, same
     python tools/bench/clip4dm_latency.py --shape vit-b-32 --device cpu
     python tools/bench/clip4dm_latency.py --shape vit-b-32 --device cuda --dtype float16 --compile
 
-The variants are timed interleaved, pair by pair (literal, ours, ours without text trimming,
-ours compiled with --compile), so that a load that comes and goes hits them alike. Each pair is
-timed --repeats times per variant; a variant's latency is the mean over the pairs of each pair's
-best (best-of-N) time, and its median latency the mean of the per-pair medians. Speed-ups over the
-literal procedure compare best-of-N latencies. It also times the stages of one call (best over all
-pairs and repeats) to show where the time goes, and records the load average before and after.
+The variants are timed interleaved, pair by pair, so that a load that comes and goes hits them
+alike: literal; ours; ours without text trimming; ours with the towers one after the other
+(only where ours runs them side by side: a CPU with two or more threads); ours compiled (with
+--compile). Each pair is timed --repeats times per variant; a variant's latency is the mean over
+the pairs of each pair's best (best-of-N) time, and its median latency the mean of the per-pair
+medians. Speed-ups over the literal procedure compare best-of-N latencies. It also times the
+stages of one call, one after the other on all threads (best over all pairs and repeats), to
+show where the time goes, and records the load average before and after.
 Prints a JSON line (and appends it to --out).
 """
 
@@ -152,6 +154,13 @@ def main() -> None:
     variants: dict[str, Callable[[int], None]] = {"literal": literal, "ours": ours}
     if not args.no_untrimmed:
         variants["ours_untrimmed"] = untrimmed
+    sequential = CLIP4DM(backbone, mode="threshold", parallel_towers=False)
+    if detector._tower_threads(torch.zeros(1, 1, device=device)) is not None:
+
+        def ours_sequential(i: int) -> None:
+            sequential.detect(images[i], texts[i])
+
+        variants["ours_sequential"] = ours_sequential  # the towers one after the other
     compile_s = None
     if args.compile:
         compiled = CLIP4DM(backbone, mode="threshold", compile=True)
@@ -192,7 +201,11 @@ def main() -> None:
             plain = detector.detect(images[i], texts[i])
         finally:
             backbone.trims_text_padding = type(backbone).trims_text_padding
-        runs = {"trimmed": fast, **{k: d.detect(images[i], texts[i]) for k, d in others.items()}}
+        runs = {
+            "trimmed": fast,
+            "sequential": sequential.detect(images[i], texts[i]),
+            **{k: d.detect(images[i], texts[i]) for k, d in others.items()},
+        }
         scale = max(abs(w.score) for w in plain.words)
         for name, run in runs.items():
             diff = max(abs(a.score - b.score) for a, b in zip(run.words, plain.words, strict=True))

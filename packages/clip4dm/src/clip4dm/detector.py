@@ -84,6 +84,14 @@ class CLIP4DM:
     scores to float rounding (1e-5 relative). It pays on a GPU, where one pair at a time is bound
     by kernel launches; on a CPU it did not pay in our measurements (BENCHMARKS.md).
 
+    ``parallel_towers``: on a CPU with two or more torch threads, a batch of one pair runs its
+    image tower on a helper thread beside the text tower (`vl_core.overlap`), with 3/4 of the
+    threads (at least one each); the image tower takes every thread once the text tower is done.
+    At one pair the text tower is bound by reading its weights from memory and gains little from
+    more threads, so this cut the latency by about 1.2x on two cores (BENCHMARKS.md). The values
+    computed are the same. ``None`` (default) does this at batch 1 only, ``True`` at every batch
+    size, ``False`` never; it is never done on a GPU, on one thread, or with ``compile=True``.
+
     Raises ``ValueError`` for an unknown mode, a ``layers`` outside the model's text layers, an
     unknown model name, a model that is not a CLIP (`vl_core.hub.WrongModelError`) or whose
     weights do not match it (`vl_core.checkpoints.CheckpointError`), and ``OSError`` for a
