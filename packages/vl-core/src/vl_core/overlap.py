@@ -2,7 +2,7 @@
 
 At batch 1 a CPU spreads small matrix products over its threads poorly. CLIP's text tower at
 16 tokens is bound by reading its weights from memory: on the 2-core machine of BENCHMARKS.md it
-ran only about 1.25x faster on 2 threads than on 1, while the image tower ran about 1.5x faster.
+ran no faster on 2 threads than on 1, while the image tower ran about 1.5x faster.
 Two independent parts of a call then finish sooner side by side than one after the other.
 
 :func:`alongside` runs ``work`` on a helper thread while the caller goes on. Torch's intra-op
