@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 from egtr_testing import legacy_names, make_image, save_lightning
 
 from egtr.cli import DRAWING_SUFFIX, drawing_paths, main
@@ -887,6 +888,8 @@ def test_predict_writes_the_same_rows_with_any_number_of_workers(
 
 _SLOW_PREDICT = """
 import sys, time
+import torch
+torch.set_num_threads(int(sys.argv.pop(1)))  # the test process's count: the same rounding
 from egtr.predictor import EGTRPredictor
 real = EGTRPredictor.predict_inputs
 def slow(self, inputs):
@@ -920,7 +923,8 @@ def test_a_folder_with_corrupt_images_survives_kill_9_and_resumes_to_the_same_fi
     assert sum("relations" in r for r in rows) == 47
     assert [r["id"] for r in rows if "error" in r] == ["set1/07.jpg", "set2/20.jpg", "set2/41.jpg"]
 
-    command = [sys.executable, "-c", _SLOW_PREDICT, *argv, "--out", str(broken), "--quiet"]
+    threads = str(torch.get_num_threads())  # bit for bit needs the same thread count
+    command = [sys.executable, "-c", _SLOW_PREDICT, threads, *argv, "--out", str(broken), "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     lines = 0

@@ -221,8 +221,13 @@ def test_fast_detector_with_a_timm_resnet_equals_transformers() -> None:
         fast = model.model(pixel_values=pixels, pixel_mask=mask)
         expected = plain(pixel_values=pixels, pixel_mask=mask)
     for name in DETECTOR_OUTPUTS:
+        # within 1e-5 of the output's scale: the 20 folded batch norms change the rounding of
+        # every convolution, and how much depends on the CPU's kernels (1.7e-5 absolute on values
+        # up to 3.5 on an AVX2-only machine)
+        want = getattr(expected, name)
+        scale = max(1.0, float(want.abs().max()))
         torch.testing.assert_close(
-            getattr(fast, name), getattr(expected, name), rtol=1e-5, atol=1e-5, msg=name
+            getattr(fast, name), want, rtol=1e-5, atol=1e-5 * scale, msg=name
         )
 
 
@@ -288,7 +293,9 @@ def test_fast_path_survives_save_and_load(
     pixels, mask = _inputs(1)
     with torch.inference_mode():
         a, b, c = model(pixels, mask), loaded(pixels, mask), plain(pixels, mask)
-    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
+    # not bit for bit: the loaded weights lie in the mapped safetensors file, not aligned to 64
+    # bytes, and the CPU's matrix kernels may round differently for unaligned operands
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(b.pred_boxes, c.pred_boxes, rtol=1e-5, atol=1e-5)
 
 
