@@ -23,6 +23,7 @@ from vl_core.capture import Capture
 from vl_core.clip import ClipBackbone
 from vl_core.factory import load_clip
 from vl_core.gradients import PartialAutograd, batched_grad, partial_autograd
+from vl_core.testing import intra_op_threads
 
 CAPTIONS = [
     "a red cup of coke on a wooden table.",
@@ -304,9 +305,7 @@ def test_parallel_towers_give_the_plain_outputs(
     dtype: torch.dtype,
 ) -> None:
     backbone = _hf(tiny_hf_dir, dtype)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with intra_op_threads(2):
         side_by_side = CLIP4DM(backbone, epsilon=0.0)  # parallel_towers=None: at batch 1 on a CPU
         plain = CLIP4DM(backbone, epsilon=0.0, parallel_towers=False)
         ran_on = _record_image_threads(side_by_side, monkeypatch)
@@ -317,8 +316,6 @@ def test_parallel_towers_give_the_plain_outputs(
         assert len(ran_on) == len(CAPTIONS)
         assert torch.get_num_threads() == 2  # the caller's threads are back after each call
         slow = [plain.detect(image, text) for image, text in zip(images, CAPTIONS, strict=True)]
-    finally:
-        torch.set_num_threads(before)
     for a, b in zip(fast, slow, strict=True):
         assert_same_outputs(a, b, rel=1e-5 if dtype == torch.float32 else 1e-9)
 
@@ -328,9 +325,7 @@ def test_parallel_towers_only_where_they_pay(
 ) -> None:
     backbone = _hf(tiny_hf_dir)
     here = threading.current_thread().name
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with intra_op_threads(2):
         # larger batches run the towers one after the other (unless asked for) ...
         batch = PARALLEL_TOWERS_MAX_BATCH + 1
         auto = CLIP4DM(backbone)
@@ -346,9 +341,7 @@ def test_parallel_towers_only_where_they_pay(
         names = _record_image_threads(off, monkeypatch)
         off.detect(images[0], CAPTIONS[0])
         assert names == [here]
-        torch.set_num_threads(1)
+    with intra_op_threads(1):
         names = _record_image_threads(forced, monkeypatch)
         forced.detect(images[0], CAPTIONS[0])
         assert names == [here]
-    finally:
-        torch.set_num_threads(before)

@@ -16,6 +16,7 @@ from sgg_data_testing import write_tiny_vg
 from egtr import EGTRForSceneGraphGeneration
 from egtr.training.cli import main
 from egtr.training.metrics import read_metrics
+from vl_core.testing import intra_op_threads
 
 TINY_MODEL = {
     "backbone_config": {
@@ -99,10 +100,8 @@ def _init_model(path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with intra_op_threads(1):
+        yield
 
 
 def test_stage_a_then_stage_b(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

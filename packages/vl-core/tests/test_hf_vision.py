@@ -187,6 +187,7 @@ def test_run_beside_other_work_the_tower_takes_the_freed_threads(
     from threading import Event, Timer
 
     from vl_core.overlap import alongside
+    from vl_core.testing import intra_op_threads
 
     vision: Any = hf_clip.model.vision_model
     pixels = make_pixels(hf_clip, 1)
@@ -199,14 +200,9 @@ def test_run_beside_other_work_the_tower_takes_the_freed_threads(
             pooled = pooled_image_features(vision, pixels)
         return pooled, start, torch.get_num_threads()
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        with alongside(work, threads=(2, 1)) as job:
-            Timer(0.05, go.set).start()  # the caller waits first, then the tower starts
-            pooled, start, end = job.result()
-    finally:
-        torch.set_num_threads(before)
+    with intra_op_threads(3), alongside(work, threads=(2, 1)) as job:
+        Timer(0.05, go.set).start()  # the caller waits first, then the tower starts
+        pooled, start, end = job.result()
     assert (start, end) == (2, 3)
     with torch.no_grad():
         torch.testing.assert_close(pooled, pooled_image_features(vision, pixels))

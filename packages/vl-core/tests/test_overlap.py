@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from vl_core.overlap import alongside, claim_threads, split_threads
+from vl_core.testing import intra_op_threads
 
 
 @pytest.fixture(autouse=True)
 def _four_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield
-    torch.set_num_threads(before)
+    with intra_op_threads(4):
+        yield
 
 
 def test_split_threads_gives_each_side_at_least_one() -> None:

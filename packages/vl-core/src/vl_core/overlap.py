@@ -91,10 +91,6 @@ class Job(Generic[T]):
         self._widen = widen
         self._done = False
 
-    def done(self) -> bool:
-        """Whether the work has finished."""
-        return self._future.done()
-
     def result(self) -> T:
         """The work's value (or its exception, raised here). The caller's thread count is what
         it was before `alongside` from here on, and the helper may take every thread."""

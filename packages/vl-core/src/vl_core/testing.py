@@ -1,13 +1,16 @@
 """Tiny random CLIP models saved to local files, for tests and offline demos.
 
 They use the real CLIP BPE vocabulary (shipped inside open_clip), so tokenization is the real one;
-only the transformer weights are random. Nothing is downloaded.
+only the transformer weights are random. Nothing is downloaded. Also `intra_op_threads`, for tests
+that need a given torch thread count.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +22,18 @@ TINY_LAYERS = 4
 TINY_IMAGE = 32
 TINY_PATCH = 8
 TINY_EMBED = 24
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Torch's intra-op thread count of the calling thread is ``count`` inside the block, and what
+    it was before after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
